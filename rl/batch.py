@@ -1,0 +1,86 @@
+"""The one batch type carried through a training step: generate -> score -> advantage -> update.
+
+Tensors are [B, T] over prompt + response tokens, right-padded. Log-prob columns are aligned with the tokens:
+`logprobs[:, t]` is log p(input_ids[:, t] | input_ids[:, :t]); prompt and padding positions hold 0 and are excluded
+by `response_mask`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T] long
+    attention_mask: torch.Tensor  # [B, T] long, 1 on prompt and response tokens
+    response_mask: torch.Tensor  # [B, T] float, 1 on response tokens that count in the loss
+    group_ids: torch.Tensor  # [B] long, samples of one prompt share an id
+    rollout_logprobs: torch.Tensor  # [B, T] log-probs reported by the rollout engine
+    rewards: torch.Tensor | None = None  # [B] total reward (after shaping)
+    advantages: torch.Tensor | None = None  # [B, T]
+    old_logprobs: torch.Tensor | None = None  # [B, T] behaviour policy, recomputed by the learner
+    ref_logprobs: torch.Tensor | None = None  # [B, T] reference policy, when a KL term is used
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+    def select(self, index: torch.Tensor | Sequence[int]) -> "Batch":
+        """Rows `index` of every tensor field."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return replace(self, **{f.name: v[index] for f in fields(self) if (v := getattr(self, f.name)) is not None})
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return replace(self, **{f.name: v.to(device) for f in fields(self) if (v := getattr(self, f.name)) is not None})
+
+    def split(self, size: int) -> list["Batch"]:
+        """Consecutive chunks of at most `size` rows (micro-batches), trimmed to their longest row."""
+        out = []
+        for start in range(0, len(self), size):
+            chunk = self.select(range(start, min(start + size, len(self))))
+            out.append(chunk.trim())
+        return out
+
+    def trim(self) -> "Batch":
+        """Drop trailing columns that are padding in every row."""
+        width = int(self.attention_mask.sum(-1).max().item()) if len(self) else 0
+        return replace(
+            self, **{f.name: v[:, :width] for f in fields(self) if (v := getattr(self, f.name)) is not None and v.dim() == 2}
+        )
+
+    @classmethod
+    def from_sequences(
+        cls,
+        prompts: Sequence[Sequence[int]],
+        responses: Sequence[Sequence[int]],
+        logprobs: Sequence[Sequence[float]],
+        group_ids: Sequence[int],
+        pad_token_id: int,
+    ) -> "Batch":
+        """Pack prompt/response token lists (one entry per sample) into right-padded tensors."""
+        width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+        n = len(prompts)
+        input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((n, width), dtype=torch.long)
+        response_mask = torch.zeros((n, width), dtype=torch.float32)
+        rollout_logprobs = torch.zeros((n, width), dtype=torch.float32)
+        for i, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
+            lp_, lr_ = len(p), len(r)
+            input_ids[i, : lp_ + lr_] = torch.tensor(list(p) + list(r), dtype=torch.long)
+            attention_mask[i, : lp_ + lr_] = 1
+            response_mask[i, lp_ : lp_ + lr_] = 1.0
+            rollout_logprobs[i, lp_ : lp_ + lr_] = torch.tensor(list(lp), dtype=torch.float32)
+        return cls(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            response_mask=response_mask,
+            group_ids=torch.as_tensor(list(group_ids), dtype=torch.long),
+            rollout_logprobs=rollout_logprobs,
+        )

@@ -1,0 +1,65 @@
+"""`rlvr` command line: `rlvr train RECIPE.yaml key=value ...`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+TRAIN_HELP = """\
+Train with GRPO (or a variant) from a recipe.
+
+  rlvr train recipes/quickstart.yaml
+  rlvr train recipes/quickstart.yaml trainer.total_steps=5 learner.optim.lr=2e-6 name=try2
+  rlvr train recipes/grpo_gsm8k.yaml ray.address=auto rollout.num_engines=8
+
+Overrides are OmegaConf dot-list items (key=value); lists and dicts in YAML syntax, e.g.
+  'rewards=[{name: math_verify, weight: 1.0}, {fn: my_pkg.rewards:brevity, weight: 0.1}]'
+The resolved, validated config is printed before the run starts and saved to <output_dir>/config.yaml.
+Use `rlvr config RECIPE [key=value ...]` to print it without running.
+"""
+
+
+def _load(args):
+    from rl.config import ConfigError, load_config
+
+    try:
+        return load_config(args.recipe, args.overrides)
+    except ConfigError as e:
+        print(f"rlvr: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rlvr", description="RL from verifiable rewards for language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("train", TRAIN_HELP), ("config", "Print the resolved, validated config of a recipe.")):
+        p = sub.add_parser(name, help=help_text.splitlines()[0], description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (defaults when omitted)")
+        p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p = sub.add_parser("prepare-model", help="Convert an embedded model (e.g. smollm2-135m-instruct) to the cache once.")
+    p.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    args = parser.parse_args(argv)
+
+    if args.command == "prepare-model":
+        from rl.models import resolve_model_path
+
+        print(resolve_model_path(args.name))
+        return
+
+    if args.recipe is not None and "=" in args.recipe:  # `rlvr train key=value` without a recipe
+        args.overrides.insert(0, args.recipe)
+        args.recipe = None
+    cfg = _load(args)
+    from rl.config import to_yaml
+
+    print(to_yaml(cfg), flush=True)
+    if args.command == "config":
+        return
+    from rl.trainer import train
+
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

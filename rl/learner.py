@@ -1,0 +1,207 @@
+"""The learner: an HF causal LM, AdamW and an LR schedule, updated by an algorithm-blind loop over micro-batches.
+
+What the loss is comes from the registries in rl/losses.py, rl/kl.py and rl/entropy.py; this file only feeds them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import torch
+from transformers import AutoModelForCausalLM, get_scheduler
+
+from rl.batch import Batch
+from rl.entropy import entropy_from_logits, logprobs_from_logits
+from rl.kl import KLConfig, kl_penalty
+from rl.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "constant"  # any transformers.get_scheduler name: constant, linear, cosine, ...
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+
+@dataclass
+class LearnerConfig:
+    dtype: str = "float32"
+    micro_batch_size: int = 8  # rows per forward/backward; does not change the gradient
+    ppo_epochs: int = 1  # passes over each rollout batch
+    mini_batches: int = 1  # optimizer steps per pass
+    gradient_checkpointing: bool = False
+    entropy_coef: float = 0.0  # > 0 adds an entropy bonus -coef * H to each token's loss
+    num_threads: int | None = None  # torch CPU threads; None: all cores
+    num_cpus: float = 0.5  # Ray scheduling
+    num_gpus: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+class Learner:
+    def __init__(
+        self,
+        model_path: str,
+        cfg: LearnerConfig,
+        loss: PolicyLossConfig,
+        kl: KLConfig,
+        total_steps: int,
+        max_response_tokens: int,
+        seed: int = 0,
+    ):
+        torch.manual_seed(seed)
+        torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+        self.cfg, self.loss_cfg, self.kl_cfg = cfg, loss, kl
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, cfg.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
+        if cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.ref_model = None
+        if kl.coef > 0:  # the reference policy is loaded only when a KL term uses it
+            self.ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+            self.ref_model.requires_grad_(False)
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
+        self.scheduler = get_scheduler(
+            o.schedule, self.optimizer, num_warmup_steps=o.warmup_steps,
+            num_training_steps=max(1, total_steps * cfg.ppo_epochs * cfg.mini_batches),
+        )
+        self.policy_loss = POLICY_LOSSES.get(loss.name)
+        self.norm_length = loss.norm_length or max_response_tokens
+        self.generator = torch.Generator().manual_seed(seed)
+
+    # -- forward passes ---------------------------------------------------------------------------------------
+    def _forward(self, model, mb: Batch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token log-probs [B, T] aligned with input_ids (column 0 is 0), and optionally per-token entropy."""
+        ids = mb.input_ids
+        logits = model(input_ids=ids, attention_mask=mb.attention_mask).logits[:, :-1]
+        logp = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
+        logp[:, 1:] = logprobs_from_logits(logits, ids[:, 1:])
+        entropy = None
+        if with_entropy:
+            entropy = torch.zeros_like(logp)
+            with torch.set_grad_enabled(self.cfg.entropy_coef > 0 and torch.is_grad_enabled()):
+                entropy[:, 1:] = entropy_from_logits(logits if self.cfg.entropy_coef > 0 else logits.detach())
+        return logp, entropy
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: Batch, reference: bool = False) -> torch.Tensor:
+        """Log-probs of the batch's tokens under the current (or reference) model, without gradient."""
+        model = self.ref_model if reference else self.model
+        if model is None:
+            raise RuntimeError("reference log-probs asked for, but no reference model is loaded (kl.coef is 0)")
+        parts = [self._forward(model, mb.to(self.device), with_entropy=False)[0].cpu() for mb in self._micro(batch)]
+        return self._unsplit(parts, batch)
+
+    def _micro(self, batch: Batch) -> list[Batch]:
+        return batch.split(self.cfg.micro_batch_size)
+
+    @staticmethod
+    def _unsplit(parts: list[torch.Tensor], batch: Batch) -> torch.Tensor:
+        out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+        row = 0
+        for p in parts:
+            out[row : row + p.shape[0], : p.shape[1]] = p
+            row += p.shape[0]
+        return out
+
+    # -- the update -------------------------------------------------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, float]:
+        """ppo_epochs x mini_batches optimizer steps on one rollout batch; returns averaged metrics."""
+        cfg = self.cfg
+        on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1
+        if batch.old_logprobs is None and not on_policy:
+            batch.old_logprobs = self.compute_logprobs(batch)
+        if self.kl_cfg.coef > 0 and not self.kl_cfg.in_reward and batch.ref_logprobs is None:
+            batch.ref_logprobs = self.compute_logprobs(batch, reference=True)
+        self.model.train()
+        sums: dict[str, float] = defaultdict(float)
+        steps = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(batch), generator=self.generator) if not on_policy else torch.arange(len(batch))
+            for chunk in order.chunk(cfg.mini_batches):
+                stats = self._optimizer_step(batch.select(chunk))
+                for k, v in stats.items():
+                    sums[k] += v
+                steps += 1
+        metrics = {k: v / steps for k, v in sums.items()}
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+    def _optimizer_step(self, mb: Batch) -> dict[str, float]:
+        # normalisers of the whole optimizer step, so micro-batching leaves loss and gradient unchanged
+        num_tokens = float(mb.response_mask.sum().clamp(min=1))
+        num_seqs = float(len(mb))
+        self.optimizer.zero_grad(set_to_none=True)
+        stats: dict[str, float] = defaultdict(float)
+        for micro in self._micro(mb):
+            micro = micro.to(self.device)
+            mask = micro.response_mask
+            logp, entropy = self._forward(self.model, micro, with_entropy=True)
+            old = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
+            out = self.policy_loss(logp, old, micro.advantages, mask, self.loss_cfg)
+            token_loss = out.loss
+            if self.kl_cfg.coef > 0 and not self.kl_cfg.in_reward:
+                kl = kl_penalty(logp, micro.ref_logprobs, self.kl_cfg.estimator) * mask
+                token_loss = token_loss + self.kl_cfg.coef * kl
+                stats["kl"] += float(kl.detach().sum()) / num_tokens
+            if self.cfg.entropy_coef > 0:
+                token_loss = token_loss - self.cfg.entropy_coef * entropy * mask
+            loss = aggregate_loss(
+                token_loss, mask, self.loss_cfg.agg_mode,
+                num_tokens=num_tokens, num_seqs=num_seqs, norm_length=self.norm_length,
+            )
+            loss.backward()
+            stats["loss"] += float(loss.detach())
+            stats["entropy"] += float((entropy.detach() * mask).sum()) / num_tokens
+            stats["clip_frac"] += float((out.clipped.float() * mask).sum()) / num_tokens
+            stats["ratio_mean"] += float((out.ratio * mask).sum()) / num_tokens
+            stats["rollout_logp_diff"] += float(((logp.detach() - micro.rollout_logprobs).abs() * mask).sum()) / num_tokens
+        clip = self.cfg.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        if torch.isfinite(grad_norm):
+            self.optimizer.step()
+            stats["skipped_update"] = 0.0
+        else:  # a non-finite gradient never reaches the weights
+            stats["skipped_update"] = 1.0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        stats["grad_norm"] = float(grad_norm)
+        return stats
+
+    # -- weights out ------------------------------------------------------------------------------------------
+    def export_weights(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
+        """The policy's state dict on CPU (cast to the engines' dtype), for weight sync."""
+        cast = getattr(torch, dtype) if dtype and dtype != "auto" else None
+        return {
+            k: (v.detach().to(cast) if cast is not None else v.detach()).cpu()
+            for k, v in self.model.state_dict().items()
+        }
+
+    def save(self, folder: str) -> None:
+        """A save_pretrained safetensors folder (loadable anywhere) plus optimizer and scheduler state."""
+        path = Path(folder)
+        self.model.save_pretrained(path / "model", safe_serialization=True)
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            path / "optimizer.pt",
+        )
+
+
+@ray.remote
+class LearnerActor(Learner):
+    """The learner as a Ray actor; every method of Learner is callable with .remote()."""
+
+    def ready(self) -> bool:
+        return True

