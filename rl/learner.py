@@ -34,7 +34,8 @@ class OptimConfig:
 
 @dataclass
 class LearnerConfig:
-    dtype: str = "float32"
+    dtype: str = "float32"  # master weights and optimizer state
+    mixed_precision: str | None = None  # "bfloat16" / "float16": the decoder runs under autocast
     micro_batch_size: int = 8  # rows per forward/backward; does not change the gradient
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass
@@ -61,8 +62,11 @@ class Learner:
         torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         self.cfg, self.loss_cfg, self.kl_cfg = cfg, loss, kl
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.autocast_dtype = getattr(torch, cfg.mixed_precision) if cfg.mixed_precision else None
         dtype = getattr(torch, cfg.dtype)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
+        if getattr(self.model.config, "final_logit_softcapping", None):
+            raise ValueError("models with final_logit_softcapping (e.g. Gemma 2) are not supported by the learner yet")
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = None
@@ -83,16 +87,25 @@ class Learner:
 
     # -- forward passes ---------------------------------------------------------------------------------------
     def _forward(self, model, mb: Batch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token log-probs [B, T] aligned with input_ids (column 0 is 0), and optionally per-token entropy."""
+        """Token log-probs [B, T] aligned with input_ids (0 off the response), and optionally per-token entropy.
+
+        The decoder runs under autocast when learner.mixed_precision is set (master weights stay in learner.dtype);
+        the output layer runs in learner.dtype and only at positions that predict a response token, which saves most of
+        the [B, T, vocab] logits.
+        """
         ids = mb.input_ids
-        logits = model(input_ids=ids, attention_mask=mb.attention_mask).logits[:, :-1]
+        predicts = mb.response_mask[:, 1:] > 0  # position p predicts token p + 1
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            hidden = model.get_decoder()(input_ids=ids, attention_mask=mb.attention_mask).last_hidden_state
+        head = model.get_output_embeddings()
+        logits = head(hidden[:, :-1][predicts].to(head.weight.dtype))
         logp = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
-        logp[:, 1:] = logprobs_from_logits(logits, ids[:, 1:])
+        logp[:, 1:][predicts] = logprobs_from_logits(logits, ids[:, 1:][predicts])
         entropy = None
         if with_entropy:
             entropy = torch.zeros_like(logp)
             with torch.set_grad_enabled(self.cfg.entropy_coef > 0 and torch.is_grad_enabled()):
-                entropy[:, 1:] = entropy_from_logits(logits if self.cfg.entropy_coef > 0 else logits.detach())
+                entropy[:, 1:][predicts] = entropy_from_logits(logits if self.cfg.entropy_coef > 0 else logits.detach())
         return logp, entropy
 
     @torch.no_grad()
