@@ -12,6 +12,7 @@ from rewards.registry import REWARDS
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every call made without its signal timeout
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_HASHES = re.compile(r"####")
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*", re.IGNORECASE)
 
 
@@ -32,6 +33,18 @@ def _clean_number(s: str) -> str:
     return s.replace(",", "").rstrip(".")
 
 
+def _stated_answer(tail: str) -> str | None:
+    """The answer at the start of the text after a marker: a number, or a LaTeX expression, on its first line."""
+    line = tail.strip().split("\n")[0].strip().strip("$").rstrip(".").strip()
+    lead = _NUMBER.match(line)
+    if lead:
+        return _clean_number(lead.group())
+    if "\\" in line:  # a LaTeX answer such as \frac{1}{2}
+        return line
+    m = _NUMBER.search(line)
+    return _clean_number(m.group()) if m else None
+
+
 def extract_answer(text: str) -> str | None:
     """The final answer stated in `text`: the last \\boxed{}, else what follows the last '####', else what follows
     the last 'answer is', else the last number. None if there is none."""
@@ -40,22 +53,10 @@ def extract_answer(text: str) -> str | None:
     boxed = _last_boxed(text)
     if boxed:
         return boxed
-    for marker in ("####", None):
-        if marker is not None:
-            if marker not in text:
-                continue
-            tail = text.rsplit(marker, 1)[1]
-        else:
-            parts = _ANSWER_IS.split(text)
-            if len(parts) < 2:
-                continue
-            tail = parts[-1]
-        m = _NUMBER.search(tail)
-        if m:
-            return _clean_number(m.group())
-        tail = tail.strip().split("\n")[0].strip().rstrip(".")
-        if tail:
-            return tail
+    for marker in (_HASHES, _ANSWER_IS):
+        parts = marker.split(text)
+        if len(parts) > 1 and (found := _stated_answer(parts[-1])):
+            return found
     numbers = _NUMBER.findall(text)
     return _clean_number(numbers[-1]) if numbers else None
 

@@ -17,9 +17,5 @@ def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor
 
 def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor, atol: float = 1e-8) -> torch.Tensor:
     """True for samples whose group's rewards are not all equal (a group of equal rewards has zero advantage)."""
-    _, mean, _ = group_stats(rewards, group_ids)
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    dev = (rewards.to(torch.float64) - mean).abs()
-    k = int(inverse.max()) + 1 if len(inverse) else 0
-    spread = torch.zeros(k, dtype=torch.float64).index_reduce_(0, inverse, dev, "amax", include_self=False)
-    return spread[inverse] > atol
+    _, _, std = group_stats(rewards, group_ids)
+    return std > atol

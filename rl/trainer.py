@@ -144,10 +144,11 @@ class Trainer:
             with timer("reward"):
                 scored = self.score(rows, generated)
             for r, samples, (total, per_fn) in zip(rows, generated, scored):
-                if ds.enabled and not bool(informative_groups(total, torch.zeros(len(total), dtype=torch.long))[0]):
-                    continue
+                one_group = torch.zeros(len(total), dtype=torch.long)
+                if ds.enabled and not informative_groups(total, one_group).any():
+                    continue  # all rewards equal: zero advantage, no signal
                 groups.append((r, samples, total, per_fn))
-        groups = groups[:want] if groups else []
+        groups = groups[:want]
         if not groups:
             raise RuntimeError(
                 f"step {step}: dynamic sampling found no group with differing rewards in {tries} tries; "

@@ -62,3 +62,16 @@ def test_reference_model_only_with_kl(tiny_model_path):
     metrics = with_kl.update(make_batch())
     assert with_kl.ref_model is not None and "kl" in metrics
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # first step: policy == reference on these tokens
+
+
+def test_bf16_autocast_logprobs_stay_close_to_float32(tiny_model_path):
+    batch = make_batch()
+    exact = Learner(tiny_model_path, LearnerConfig(num_threads=1), PolicyLossConfig(), KLConfig(), 1, 8)
+    mixed = Learner(tiny_model_path, LearnerConfig(num_threads=1, mixed_precision="bfloat16"), PolicyLossConfig(),
+                    KLConfig(), 1, 8)
+    m = batch.response_mask.bool()
+    a, b = exact.compute_logprobs(batch)[m], mixed.compute_logprobs(batch)[m]
+    assert not torch.equal(a, b)  # autocast really ran in bf16
+    assert (a - b).abs().max() < 0.1
+    assert mixed.update(batch)["skipped_update"] == 0.0
+    assert next(mixed.model.parameters()).dtype == torch.float32  # master weights stay float32
