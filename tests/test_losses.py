@@ -77,7 +77,7 @@ def test_micro_batches_sum_to_the_full_batch(mode, name):
             out = POLICY_LOSSES.get(name)(x[rows], old[rows], adv[rows], mask[rows], cfg)
             part = aggregate_loss(out.loss, mask[rows], mode, **norms)
             part.backward()
-            total += float(part)
+            total += float(part.detach())
         return total, x.grad
 
     full = loss_and_grad([slice(0, 6)])
