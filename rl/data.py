@@ -1,11 +1,13 @@
 """Data: generated arithmetic word problems, any local or hub data set in one shape, chat prompts, a resumable sampler.
 
-Every data set becomes rows with a "prompt" (the user text) and an "answer" (the gold answer), plus its own columns,
-which reward functions receive as keyword arguments.
+Every data set becomes rows with a "prompt" (the user text) and an "answer" (the gold answer as a string), plus its
+own columns, which reward functions receive as keyword arguments.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import string
 from dataclasses import dataclass, field
@@ -22,73 +24,105 @@ class ArithmeticConfig:
     num_eval: int = 200
     min_ops: int = 1  # operations per problem
     max_ops: int = 1
-    max_value: int = 20  # operands drawn from [1, max_value]
+    max_value: int = 20  # operands drawn from [1, max_value] (multipliers from [2, max_value])
     operations: list[str] = field(default_factory=lambda: ["+", "-"])  # a subset of + - *
     seed: int = 0
 
 
-_NAMES = {"Sam": "He", "Mia": "She", "Tom": "He", "Ava": "She", "Leo": "He", "Zoe": "She", "Max": "He", "Ivy": "She",
-          "Ben": "He", "Lily": "She", "Omar": "He", "Nina": "She", "Raj": "He", "Emma": "She"}
-_OBJECTS = ["apples", "books", "marbles", "stickers", "pencils", "cookies", "coins", "cards", "shells", "toy cars"]
-_FIRST = "{name} has {a} {obj}."
-_STEP = {
-    "+": ["{pron} buys {b} more.", "{pron} finds {b} more.", "A friend gives {obj_pron} {b} more."],
-    "-": ["{pron} gives away {b}.", "{pron} loses {b}.", "{pron} uses {b}."],
-    "*": ["Then the number of {obj} {pron_l} has becomes {b} times as large."],
+_NAMES = {"Sam": "he", "Mia": "she", "Tom": "he", "Ava": "she", "Leo": "he", "Zoe": "she", "Max": "he", "Ivy": "she",
+          "Ben": "he", "Lily": "she", "Omar": "he", "Nina": "she", "Raj": "he", "Emma": "she", "Carlos": "he",
+          "Aisha": "she"}
+_OBJECTS = {"apples": "apple", "books": "book", "marbles": "marble", "stickers": "sticker", "pencils": "pencil",
+            "cookies": "cookie", "coins": "coin", "cards": "card", "shells": "shell", "toy cars": "toy car",
+            "balloons": "balloon", "stamps": "stamp"}
+_START = ["{name} has {a} {obj}.", "{name} starts with {a} {obj}.", "{name} has a box with {a} {obj} in it."]
+# Every "+" step says "more", every "*" step says "times", no "-" step says either (tests re-derive answers this way).
+_STEPS = {
+    "+": ["{pron} buys {b} more.", "{pron} finds {b} more.", "{pron} gets {b} more from a friend.",
+          "a friend gives {obj_pron} {b} more."],
+    "-": ["{pron} gives away {b}.", "{pron} loses {b}.", "{pron} gives {b} to a friend.", "{pron} sells {b}."],
+    "*": ["the number of {obj} {pron} has becomes {b} times as large.",
+          "{pron} trades them for {b} times as many."],
 }
-_QUESTION = "How many {obj} does {name} have now?"
+_QUESTION = ["How many {obj} does {name} have now?", "How many {obj} does {name} have in the end?"]
+_TEST_SPLITS = ("test", "eval", "validation")
 
 
-def _problem(rng: random.Random, cfg: ArithmeticConfig) -> dict:
-    name, obj = rng.choice(list(_NAMES)), rng.choice(_OBJECTS)
+def _capitalize(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _problem(rng: random.Random, cfg: ArithmeticConfig) -> dict | None:
+    """One problem, or None when the drawn chain cannot stay positive (only "-" left and nothing to take away)."""
+    name, obj = rng.choice(list(_NAMES)), rng.choice(list(_OBJECTS))
     pron = _NAMES[name]
     value = rng.randint(1, cfg.max_value)
-    text = [_FIRST.format(name=name, a=value, obj=obj)]
+    text = [rng.choice(_START).format(name=name, a=value, obj=_OBJECTS[obj] if value == 1 else obj)]
     num_ops = rng.randint(cfg.min_ops, cfg.max_ops)
-    for _ in range(num_ops):
+    for i in range(num_ops):
         op = rng.choice(cfg.operations)
-        if op == "-" and value <= 1:
-            op = "+"
-        b = rng.randint(1, value - 1) if op == "-" else (rng.randint(2, 4) if op == "*" else rng.randint(1, cfg.max_value))
-        value = value + b if op == "+" else value - b if op == "-" else value * b
-        step = rng.choice(_STEP[op])
-        text.append(step.format(pron=pron, pron_l=pron.lower(), b=b, obj=obj, obj_pron="him" if pron == "He" else "her"))
-    text.append(_QUESTION.format(obj=obj, name=name))
+        if op == "-" and value < 2:  # keep every count >= 1: take away something only when something would remain
+            others = [o for o in cfg.operations if o != "-"]
+            if not others:
+                return None
+            op = rng.choice(others)
+        if op == "+":
+            b = rng.randint(1, cfg.max_value)
+            value += b
+        elif op == "-":
+            b = rng.randint(1, min(value - 1, cfg.max_value))
+            value -= b
+        else:
+            b = rng.randint(2, cfg.max_value)
+            value *= b
+        step = rng.choice(_STEPS[op]).format(pron=pron, b=b, obj=obj, obj_pron="him" if pron == "he" else "her")
+        text.append(("Then " + step) if i > 0 else _capitalize(step))
+    text.append(rng.choice(_QUESTION).format(obj=obj, name=name))
     return {"question": " ".join(text), "answer": str(value), "num_ops": num_ops}
 
 
+def _generate(rng: random.Random, cfg: ArithmeticConfig, n: int, exclude: set[str], split: str) -> list[dict]:
+    out: list[dict] = []
+    seen = set(exclude)
+    misses = 0
+    while len(out) < n:
+        if misses > 20_000:  # that many draws in a row gave nothing new: the space of problems is (nearly) used up
+            raise ValueError(
+                f"data.arithmetic: only {len(out)} of {n} distinct {split} problems could be made with "
+                f"min_ops={cfg.min_ops}, max_ops={cfg.max_ops}, max_value={cfg.max_value}, "
+                f"operations={cfg.operations}; raise max_value or max_ops, or ask for fewer (num_train/num_eval)"
+            )
+        p = _problem(rng, cfg)
+        if p is not None and p["question"] not in seen:
+            seen.add(p["question"])
+            out.append(p)
+            misses = 0
+        else:
+            misses += 1
+    return out
+
+
 def arithmetic_problems(cfg: ArithmeticConfig, split: str) -> list[dict]:
-    """Seeded problems; "test" never repeats a "train" question (same seed, disjoint by construction)."""
-    for op in cfg.operations:
-        if op not in _STEP:
-            raise ValueError(f"data.arithmetic.operations: {op!r} is not one of {list(_STEP)}")
+    """Seeded word problems {"question", "answer" (an integer >= 1, as a string), "num_ops"}.
+
+    Train and test come from different seeds derived from cfg.seed, and no test question equals a train question.
+    """
+    bad = [op for op in cfg.operations if op not in _STEPS]
+    if bad or not cfg.operations:
+        raise ValueError(f"data.arithmetic.operations: {cfg.operations!r}; use a non-empty subset of {list(_STEPS)}")
     if not 1 <= cfg.min_ops <= cfg.max_ops:
-        raise ValueError("data.arithmetic: need 1 <= min_ops <= max_ops")
+        raise ValueError(f"data.arithmetic: need 1 <= min_ops <= max_ops (got {cfg.min_ops}, {cfg.max_ops})")
     if cfg.max_value < 2:
-        raise ValueError("data.arithmetic.max_value must be >= 2")
-    rng = random.Random(cfg.seed)
-    seen: set[str] = set()
-    train: list[dict] = []
-    test: list[dict] = []
-    # one stream: test problems are drawn first and reserved, then train problems that are not already taken
-    for target, n in ((test, cfg.num_eval), (train, cfg.num_train)):
-        tries = 0
-        while len(target) < n:
-            tries += 1
-            if tries > 50 * n + 1000:
-                raise ValueError(
-                    f"data.arithmetic: only {len(target)} distinct problems of {n} could be made; "
-                    "raise max_value or max_ops, or ask for fewer"
-                )
-            p = _problem(rng, cfg)
-            if p["question"] not in seen:
-                seen.add(p["question"])
-                target.append(p)
+        raise ValueError(f"data.arithmetic.max_value must be >= 2 (got {cfg.max_value})")
+    if cfg.num_train < 0 or cfg.num_eval < 0:
+        raise ValueError("data.arithmetic: num_train and num_eval must be >= 0")
+    if split != "train" and split not in _TEST_SPLITS:
+        raise ValueError(f"data: the arithmetic source has splits 'train' and 'test', not {split!r}")
+    train = _generate(random.Random(f"arithmetic:{cfg.seed}:train"), cfg, cfg.num_train, set(), "train")
     if split == "train":
         return train
-    if split in ("test", "eval", "validation"):
-        return test
-    raise ValueError(f"data: the arithmetic source has splits train and test, not {split!r}")
+    return _generate(random.Random(f"arithmetic:{cfg.seed}:test"), cfg, cfg.num_eval,
+                     {p["question"] for p in train}, "test")
 
 
 # -- any data set into rows of (prompt, answer, ...) --------------------------------------------------------------
@@ -96,7 +130,7 @@ def arithmetic_problems(cfg: ArithmeticConfig, split: str) -> list[dict]:
 
 @dataclass
 class DatasetConfig:
-    source: str = "arithmetic"  # "arithmetic" | a local .jsonl/.json/.parquet/.csv file | a hub data set name
+    source: str = "arithmetic"  # "arithmetic" | a local .jsonl/.json/.parquet/.csv file or folder | a hub data set
     split: str = "train"
     subset: str | None = None  # hub config name
     prompt_template: str = "{question}"  # str.format over the row's columns, e.g. "{Body} {Question}" (SVAMP)
@@ -119,29 +153,7 @@ class DataConfig:
 
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-def _load_raw(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
-    if ds.source == "arithmetic":
-        return datasets.Dataset.from_list(arithmetic_problems(data.arithmetic, ds.split))
-    path = Path(ds.source).expanduser()
-    looks_local = path.suffix in _FORMATS or ds.source.startswith((".", "/", "~"))
-    if path.exists() or looks_local:
-        if not path.exists():
-            raise FileNotFoundError(f"data source {ds.source!r} does not exist (resolved to {path.resolve()})")
-        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in _FORMATS)
-        if not files:
-            raise ValueError(f"data source {ds.source!r}: no {'/'.join(_FORMATS)} file in the folder")
-        fmt = _FORMATS.get(files[0].suffix)
-        if fmt is None:
-            raise ValueError(f"data source {ds.source!r}: unknown extension {files[0].suffix!r}; use {list(_FORMATS)}")
-        if all(f.stat().st_size == 0 for f in files):
-            raise ValueError(f"data source {ds.source!r} is empty")
-        try:
-            return datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
-        except Exception as e:  # datasets wraps parse errors deeply; say which file and why
-            raise ValueError(f"data source {ds.source!r} could not be read as {fmt}: {_root_cause(e)}") from e
-    return datasets.load_dataset(ds.source, ds.subset, split=ds.split)
+_OVERFLOW = ("drop", "truncate", "error")
 
 
 def _root_cause(e: BaseException) -> str:
@@ -150,47 +162,192 @@ def _root_cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def load_dataset_rows(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
-    """Rows with "prompt" (template filled + instruction) and "answer" (gold answer string) plus the source columns."""
-    raw = _load_raw(ds, data)
-    if ds.limit is not None:
-        raw = raw.select(range(min(ds.limit, len(raw))))
-    columns = set(raw.column_names)
-    needed = {f for _, f, _, _ in string.Formatter().parse(ds.prompt_template) if f}
-    missing = sorted(needed - columns)
-    if missing:
-        raise ValueError(
-            f"data source {ds.source!r}: prompt_template {ds.prompt_template!r} needs column(s) {missing}; "
-            f"the rows have {sorted(columns)}"
+def _split_files(folder: Path, split: str, source: str) -> list[Path]:
+    """Data files in a folder (and its data/ subfolder); the ones named after `split` when files are named by split."""
+    files = sorted(p for d in (folder, folder / "data") if d.is_dir() for p in d.iterdir()
+                   if p.is_file() and p.suffix in _FORMATS)
+    if not files:
+        raise ValueError(f"data source {source!r}: the folder has no {'/'.join(_FORMATS)} file; "
+                         "point source at a data file or a folder of them")
+
+    def split_of(p: Path) -> str:
+        return p.stem.split("-")[0].split(".")[0]
+
+    named = {split_of(p) for p in files} & {"train", "test", "validation", "valid", "dev", "eval"}
+    if named:
+        files = [p for p in files if split_of(p) == split]
+        if not files:
+            raise ValueError(f"data source {source!r}: the folder has split(s) {sorted(named)}, not {split!r}; "
+                             "set split to one of them")
+    formats = {_FORMATS[p.suffix] for p in files}
+    if len(formats) > 1:
+        raise ValueError(f"data source {source!r}: the folder mixes formats {sorted(formats)}; keep one kind of file")
+    return files
+
+
+def _find_bad_json(path: Path) -> str | None:
+    """Where a JSON / JSON Lines file stops parsing, as 'line N: reason', or None if every line parses."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        return f"it is not UTF-8 text ({e})"
+    if text.lstrip().startswith("["):  # one JSON document (a list of rows)
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            return f"line {e.lineno} column {e.colno}: {e.msg}"
+        return None
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            return f"line {n}: {e.msg} in {line[:80]!r}"
+        if not isinstance(row, dict):
+            return f"line {n}: a row must be a JSON object, got {type(row).__name__}"
+    return None
+
+
+def _load_local(path: Path, ds: DatasetConfig) -> datasets.Dataset:
+    if path.is_dir():
+        files = _split_files(path, ds.split, ds.source)
+    else:
+        if path.suffix not in _FORMATS:
+            raise ValueError(f"data source {ds.source!r}: unknown extension {path.suffix!r}; "
+                             f"use one of {list(_FORMATS)}")
+        files = [path]
+    for f in files:
+        if f.stat().st_size == 0 or (f.stat().st_size < 64 and f.suffix != ".parquet" and not f.read_bytes().strip()):
+            raise ValueError(f"data source {ds.source!r}: {f} is empty; give a file with rows")
+    fmt = _FORMATS[files[0].suffix]
+    try:
+        raw = datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
+    except Exception as e:  # datasets wraps parse errors deeply: say which file, which line, and why
+        where = None
+        if fmt == "json":
+            where = next(((f, bad) for f in files if (bad := _find_bad_json(f))), None)
+        if where is not None:
+            raise ValueError(f"data source {ds.source!r}: malformed JSON in {where[0]}, {where[1]}") from e
+        raise ValueError(f"data source {ds.source!r} could not be read as {fmt}: {_root_cause(e)}") from e
+    if len(raw) == 0:
+        raise ValueError(f"data source {ds.source!r} has no rows; give a file with rows")
+    return raw
+
+
+def _load_raw(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
+    if ds.source == "arithmetic":
+        problems = arithmetic_problems(data.arithmetic, ds.split)
+        return datasets.Dataset.from_dict({k: [p[k] for p in problems] for k in ("question", "answer", "num_ops")})
+    path = Path(ds.source).expanduser()
+    if path.exists():
+        return _load_local(path, ds)
+    looks_local = (path.suffix in _FORMATS or ds.source.startswith((".", "/", "~"))
+                   or (os.sep == "\\" and ":" in ds.source[:3]))
+    if looks_local:
+        raise FileNotFoundError(
+            f"data source {ds.source!r} does not exist (resolved to {path.absolute()}); relative paths resolve "
+            f"against the current directory {Path.cwd()}; fix the source path"
         )
+    try:
+        return datasets.load_dataset(ds.source, ds.subset, split=ds.split)
+    except Exception as e:
+        raise ValueError(
+            f"data source {ds.source!r} is not a local path (none at {path.absolute()}) and could not be loaded as "
+            f"a hub data set (subset={ds.subset!r}, split={ds.split!r}): {_root_cause(e)}; give a local file path "
+            "or check the name, subset and split"
+        ) from e
+
+
+def _template_columns(template: str) -> list[str]:
+    """The columns a str.format template reads ("{meta[x]}" and "{meta.x}" read column "meta")."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ValueError(f"prompt_template {template!r} is not a valid format string ({e}); "
+                         "write literal braces as {{ and }}") from e
+    cols = []
+    for f in fields:
+        root = f.split(".")[0].split("[")[0]
+        if not root or root.isdigit():
+            raise ValueError(f"prompt_template {template!r} has a positional field {{{f}}}; "
+                             "name a column, e.g. {question}")
+        if root not in cols:
+            cols.append(root)
+    return cols
+
+
+def _answer_text(value) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value).strip()
+
+
+def _normalize_number(answer: str) -> str:
+    """ "1,000" -> "1000", "18.0" stays "18.0"; anything that is not a plain number stays as it is."""
+    plain = answer.replace(",", "")
+    try:
+        float(plain)
+    except ValueError:
+        return answer
+    return plain
+
+
+def load_dataset_rows(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
+    """Rows with "prompt" (template filled + data.instruction) and "answer" (gold answer string), plus the source's
+    own columns (a source column named "prompt" or "answer" is replaced)."""
+    if ds.limit is not None and ds.limit < 1:
+        raise ValueError(f"data source {ds.source!r}: limit={ds.limit}; use a positive number of rows or null for all")
+    needed = _template_columns(ds.prompt_template)
+    raw = _load_raw(ds, data)
+    if ds.limit is not None and ds.limit < len(raw):
+        raw = raw.select(range(ds.limit))
+    columns = list(raw.column_names)
+    for c in needed:
+        if c not in columns:
+            raise ValueError(
+                f"data source {ds.source!r}: prompt_template {ds.prompt_template!r} needs column {c!r}, which row 0 "
+                f"does not have; the available columns are {columns}; fix prompt_template"
+            )
     if ds.answer_column not in columns:
         raise ValueError(
-            f"data source {ds.source!r}: answer_column {ds.answer_column!r} is not a column; the rows have {sorted(columns)}"
+            f"data source {ds.source!r}: answer_column {ds.answer_column!r} is not a column; the available columns "
+            f"are {columns}; set answer_column"
         )
 
-    def convert(row: dict, idx: int) -> dict:
-        for c in needed | {ds.answer_column}:
-            if row[c] is None:
-                raise ValueError(f"data source {ds.source!r}: row {idx} has no value in column {c!r}")
-        answer = row[ds.answer_column]
-        answer = str(int(answer)) if isinstance(answer, float) and answer.is_integer() else str(answer)
+    values = {c: raw[c] for c in dict.fromkeys(needed + [ds.answer_column])}
+    prompts, answers = [], []
+    for i in range(len(raw)):
+        row = {c: v[i] for c, v in values.items()}
+        for c, v in row.items():
+            if v is None:
+                present = [k for k, x in raw[i].items() if x is not None]
+                role = "answer_column" if c == ds.answer_column and c not in needed else "prompt_template"
+                raise ValueError(
+                    f"data source {ds.source!r}: row {i} has no {c!r} (used by {role}); that row has columns "
+                    f"{present}; fix the row or the {role}"
+                )
+        try:
+            text = ds.prompt_template.format(**row)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+            raise ValueError(f"data source {ds.source!r}: prompt_template {ds.prompt_template!r} failed on row {i} "
+                             f"({type(e).__name__}: {e}); the row has columns {columns}") from e
+        answer = _answer_text(row[ds.answer_column])
         if ds.answer_after is not None:
             if ds.answer_after not in answer:
-                raise ValueError(f"data source {ds.source!r}: row {idx}'s answer has no {ds.answer_after!r} marker")
+                raise ValueError(f"data source {ds.source!r}: row {i}'s {ds.answer_column!r} has no answer_after "
+                                 f"marker {ds.answer_after!r}: {answer[-80:]!r}")
             answer = answer.rsplit(ds.answer_after, 1)[1].strip()
-        return {"prompt": ds.prompt_template.format(**row) + data.instruction, "answer": answer.replace(",", "")
-                if _is_number(answer.replace(",", "")) else answer}
-
-    drop = [c for c in ("prompt", "answer") if c in columns]
-    return raw.map(convert, with_indices=True, remove_columns=drop) if drop else raw.map(convert, with_indices=True)
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+        prompts.append(text + data.instruction)
+        answers.append(_normalize_number(answer))
+    # add under temporary names first: removing every column of a table would lose its row count
+    out = raw.add_column("__rlvr_prompt", prompts).add_column("__rlvr_answer", answers)
+    out = out.remove_columns([c for c in ("prompt", "answer") if c in columns])
+    return out.rename_columns({"__rlvr_prompt": "prompt", "__rlvr_answer": "answer"})
 
 
 # -- chat prompts -------------------------------------------------------------------------------------------------
@@ -200,19 +357,27 @@ def render_prompts(tokenizer, user_texts: list[str], system_prompt: str | None) 
     """Token ids of each user text wrapped in the tokenizer's chat template, ready for the assistant's turn."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
-            "the tokenizer has no chat template; set tokenizer.chat_template in the model folder "
-            "(tokenizer_config.json or chat_template.jinja)"
+            "the tokenizer has no chat template; set one (tokenizer.chat_template, or chat_template in the model "
+            "folder's tokenizer_config.json / chat_template.jinja) or use an instruct model that has one"
         )
+    if not user_texts:
+        return []
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    out = []
-    for text in user_texts:
-        ids = tokenizer.apply_chat_template(head + [{"role": "user", "content": text}], add_generation_prompt=True)
-        out.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    return out
+    conversations = [head + [{"role": "user", "content": t}] for t in user_texts]
+    texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=True)
+    # the template writes the special tokens itself, as apply_chat_template(tokenize=True) does
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
-def prepare_prompts(rows: datasets.Dataset, tokenizer, data: DataConfig) -> tuple[datasets.Dataset, list[list[int]], dict]:
-    """Tokenised chat prompts with data.max_prompt_tokens applied by data.prompt_overflow; returns kept rows too."""
+def prepare_prompts(
+    rows: datasets.Dataset, tokenizer, data: DataConfig
+) -> tuple[datasets.Dataset, list[list[int]], dict]:
+    """Tokenised chat prompts with data.max_prompt_tokens applied by data.prompt_overflow; returns the kept rows,
+    their prompt ids and {"num_rows" (rows given), "num_dropped_too_long", "num_truncated"}."""
+    if data.prompt_overflow not in _OVERFLOW:
+        raise ValueError(f"data.prompt_overflow={data.prompt_overflow!r}; choose one of {list(_OVERFLOW)}")
+    if data.max_prompt_tokens < 1:
+        raise ValueError(f"data.max_prompt_tokens={data.max_prompt_tokens}; it must be >= 1")
     ids = render_prompts(tokenizer, rows["prompt"], data.system_prompt)
     limit, keep, kept_ids = data.max_prompt_tokens, [], []
     stats = {"num_rows": len(rows), "num_dropped_too_long": 0, "num_truncated": 0}
@@ -226,13 +391,11 @@ def prepare_prompts(rows: datasets.Dataset, tokenizer, data: DataConfig) -> tupl
             keep.append(i)
             kept_ids.append(p[-limit:])
             stats["num_truncated"] += 1
-        elif data.prompt_overflow == "error":
-            raise ValueError(
-                f"row {i}'s prompt has {len(p)} tokens, over data.max_prompt_tokens={limit}; raise it or set "
-                "data.prompt_overflow=drop"
-            )
         else:
-            raise ValueError(f"data.prompt_overflow={data.prompt_overflow!r}; choose drop, truncate or error")
+            raise ValueError(
+                f"row {i}'s prompt has {len(p)} tokens, over data.max_prompt_tokens={limit}; raise "
+                "data.max_prompt_tokens or set data.prompt_overflow to drop or truncate"
+            )
     return (rows if len(keep) == len(rows) else rows.select(keep)), kept_ids, stats
 
 
@@ -252,11 +415,13 @@ class PromptSampler:
     def _permutation(self, epoch: int) -> list[int]:
         order = list(range(self.num_rows))
         if self.shuffle:
-            random.Random(f"{self.seed}-{epoch}").shuffle(order)
+            random.Random(f"{self.seed}-{epoch}").shuffle(order)  # str seeds hash with sha512: same in every process
         return order
 
     def next_indices(self, k: int) -> list[int]:
-        out = []
+        if k < 0:
+            raise ValueError(f"next_indices: k={k} must be >= 0")
+        out: list[int] = []
         while len(out) < k:
             if self.position == self.num_rows:
                 self.epoch, self.position = self.epoch + 1, 0
@@ -271,8 +436,17 @@ class PromptSampler:
                 "shuffle": self.shuffle}
 
     def load_state_dict(self, state: dict) -> None:
+        missing = [k for k in ("epoch", "position", "seed", "num_rows", "shuffle") if k not in state]
+        if missing:
+            raise ValueError(f"sampler state lacks {missing}; it is not a PromptSampler.state_dict()")
         for key in ("num_rows", "seed", "shuffle"):
             if state[key] != getattr(self, key):
-                raise ValueError(f"sampler state has {key}={state[key]!r}, this run has {getattr(self, key)!r}")
-        self.epoch, self.position = state["epoch"], state["position"]
+                raise ValueError(
+                    f"sampler state has {key}={state[key]!r}, this run has {getattr(self, key)!r}; resume with the "
+                    "same training data and data.seed/data.shuffle, or start a fresh run"
+                )
+        if state["epoch"] < 0 or not 0 <= state["position"] <= self.num_rows:
+            raise ValueError(f"sampler state epoch={state['epoch']}, position={state['position']} is out of range "
+                             f"for {self.num_rows} rows")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._permutation(self.epoch)

@@ -58,4 +58,4 @@ class HFEngine(RolloutEngine):
         return results
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state_dict, strict=False)
+        self.model.load_state_dict(state_dict, strict=True)

@@ -75,3 +75,16 @@ def test_bf16_autocast_logprobs_stay_close_to_float32(tiny_model_path):
     assert (a - b).abs().max() < 0.1
     assert mixed.update(batch)["skipped_update"] == 0.0
     assert next(mixed.model.parameters()).dtype == torch.float32  # master weights stay float32
+
+
+def test_response_only_output_layer_matches_the_full_forward(tiny_model_path):
+    """The learner runs the output layer only where a response token is predicted; the numbers equal a full pass."""
+    learner = Learner(tiny_model_path, LearnerConfig(num_threads=1), PolicyLossConfig(), KLConfig(), 1, 8)
+    batch = make_batch()
+    with torch.no_grad():
+        logits = learner.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
+    full = torch.log_softmax(logits.float(), -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    m = batch.response_mask[:, 1:].bool()
+    got = learner.compute_logprobs(batch)
+    assert torch.allclose(got[:, 1:][m], full[m], atol=1e-5)
+    assert (got[:, 1:][~m] == 0).all()
