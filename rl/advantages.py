@@ -1,13 +1,21 @@
 """Advantage estimators: one advantage per sequence from its reward and its group (the samples of one prompt).
 
-Groups are arbitrary ids (not necessarily contiguous or equal-sized: dynamic sampling drops groups).
+Every estimator has the signature ``fn(rewards [N], group_ids [N], cfg) -> advantages [N]``; the trainer copies the
+sequence's advantage to each of its response tokens. Group ids are arbitrary integers: groups need not be contiguous
+or of equal size (dynamic sampling drops groups). Statistics are computed in float64 and returned in the rewards'
+floating dtype (float32 for integer or bool rewards).
+
+A group of one sample has no baseline; ``cfg.singleton_group`` decides its advantage for every estimator:
+"zero" -> A = 0, "reward" -> A = r / (1 + eps) (what GRPO gives with mean 0 and std 1, as some frameworks do).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
+from torch import Tensor
 
 from rl.registry import Registry
 
@@ -16,72 +24,90 @@ from rl.registry import Registry
 class AdvantageConfig:
     estimator: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp
     norm_by_std: bool = True  # grpo only; False is Dr.GRPO
-    unbiased_std: bool = True  # N-1 (torch's default) or N
+    unbiased_std: bool = True  # N-1 (torch's default) or N; also the batch whitening of reinforce_pp
     eps: float = 1e-6
     singleton_group: str = "zero"  # a group of one sample: "zero" -> A = 0, "reward" -> A = r / (1 + eps)
 
 
-ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
+AdvantageEstimator = Callable[[Tensor, Tensor, AdvantageConfig], Tensor]
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
+SINGLETON_POLICIES = ("zero", "reward")
 
 
-def group_stats(rewards: torch.Tensor, group_ids: torch.Tensor, unbiased: bool = True):
-    """Per-sample group size, group mean and group std (0 for a group of one)."""
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    k = int(inverse.max()) + 1 if len(inverse) else 0
+class GroupStats(NamedTuple):
+    """Per-sample statistics of the sample's group, float64, each of shape [N]."""
+
+    size: Tensor  # n_G
+    mean: Tensor  # mean_G r
+    std: Tensor  # std_G r (N-1 or N denominator); 0 for a group of one
+
+
+def group_stats(rewards: Tensor, group_ids: Tensor, unbiased: bool = True) -> GroupStats:
+    """n_G, mean_G r = sum_G r / n_G and std_G r = sqrt(sum_G (r - mean_G)^2 / (n_G - 1 or n_G)), broadcast to samples."""
     r = rewards.to(torch.float64)
-    count = torch.zeros(k, dtype=torch.float64).index_add_(0, inverse, torch.ones_like(r))
-    mean = torch.zeros(k, dtype=torch.float64).index_add_(0, inverse, r) / count
-    sq = torch.zeros(k, dtype=torch.float64).index_add_(0, inverse, (r - mean[inverse]) ** 2)
-    denom = (count - 1).clamp(min=1) if unbiased else count
-    std = torch.where(count > 1, (sq / denom).sqrt(), torch.zeros_like(sq))
-    return count[inverse], mean[inverse], std[inverse]
+    _, group, size = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    size = size.to(torch.float64)
+    mean = torch.zeros_like(size).index_add_(0, group, r) / size
+    sq_dev = torch.zeros_like(size).index_add_(0, group, (r - mean[group]) ** 2)
+    denom = (size - 1).clamp(min=1) if unbiased else size
+    std = torch.where(size > 1, (sq_dev / denom).sqrt(), torch.zeros_like(sq_dev))
+    return GroupStats(size[group], mean[group], std[group])
 
 
-def _singletons(adv: torch.Tensor, rewards: torch.Tensor, n: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
-    if cfg.singleton_group == "zero":
-        single = torch.zeros_like(adv)
-    elif cfg.singleton_group == "reward":
-        single = rewards.to(adv.dtype) / (1 + cfg.eps)
-    else:
-        raise ValueError(f"algorithm.advantage.singleton_group={cfg.singleton_group!r}; choose zero or reward")
-    return torch.where(n > 1, adv, single).to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+def _out_dtype(rewards: Tensor) -> torch.dtype:
+    return rewards.dtype if rewards.is_floating_point() else torch.get_default_dtype()
+
+
+def _with_singletons(adv: Tensor, rewards: Tensor, size: Tensor, cfg: AdvantageConfig) -> Tensor:
+    """Replace the advantage of each group of one by cfg.singleton_group's value; cast to the output dtype."""
+    if cfg.singleton_group not in SINGLETON_POLICIES:
+        raise ValueError(f"singleton_group={cfg.singleton_group!r}; choose one of {SINGLETON_POLICIES}")
+    r = rewards.to(torch.float64)
+    single = torch.zeros_like(adv) if cfg.singleton_group == "zero" else r / (1 + cfg.eps)
+    return torch.where(size > 1, adv, single).to(_out_dtype(rewards))
 
 
 @ADVANTAGE_ESTIMATORS.register("grpo")
-def grpo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
-    """GRPO (Shao et al., 2024): A_i = (r_i - mean_G r) / (std_G r + eps); with norm_by_std=False, A_i = r_i - mean_G r."""
-    n, mean, std = group_stats(rewards, group_ids, cfg.unbiased_std)
-    adv = rewards.to(torch.float64) - mean
+def grpo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
+    """GRPO (Shao et al., 2024): A_i = (r_i - mean_G r) / (std_G r + eps); norm_by_std=False gives A_i = r_i - mean_G r."""
+    g = group_stats(rewards, group_ids, cfg.unbiased_std)
+    adv = rewards.to(torch.float64) - g.mean
     if cfg.norm_by_std:
-        adv = adv / (std + cfg.eps)
-    return _singletons(adv, rewards, n, cfg)
+        adv = adv / (g.std + cfg.eps)
+    return _with_singletons(adv, rewards, g.size, cfg)
 
 
 @ADVANTAGE_ESTIMATORS.register("dr_grpo")
-def dr_grpo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
-    """Dr. GRPO (Liu et al., 2025): A_i = r_i - mean_G r (no std division, which biases towards easy/hard groups)."""
-    n, mean, _ = group_stats(rewards, group_ids)
-    return _singletons(rewards.to(torch.float64) - mean, rewards, n, cfg)
+def dr_grpo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
+    """Dr. GRPO (Liu et al., 2025): A_i = r_i - mean_G r (no division by std_G, which up-weights near-uniform groups)."""
+    g = group_stats(rewards, group_ids)
+    return _with_singletons(rewards.to(torch.float64) - g.mean, rewards, g.size, cfg)
 
 
 @ADVANTAGE_ESTIMATORS.register("rloo")
-def rloo(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
-    """RLOO (Ahmadian et al., 2024): A_i = r_i - mean_{j != i} r_j = n/(n-1) (r_i - mean_G r)."""
-    n, mean, _ = group_stats(rewards, group_ids)
-    adv = n / (n - 1).clamp(min=1) * (rewards.to(torch.float64) - mean)
-    return _singletons(adv, rewards, n, cfg)
+def rloo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
+    """RLOO (Ahmadian et al., 2024): A_i = r_i - mean_{j in G, j != i} r_j = n/(n-1) (r_i - mean_G r)."""
+    g = group_stats(rewards, group_ids)
+    adv = g.size / (g.size - 1).clamp(min=1) * (rewards.to(torch.float64) - g.mean)
+    return _with_singletons(adv, rewards, g.size, cfg)
 
 
 @ADVANTAGE_ESTIMATORS.register("reinforce_pp")
-def reinforce_pp(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
-    """REINFORCE++ with baseline (Hu, 2025): a_i = r_i - mean_G r, then whitened over the batch:
-    A_i = (a_i - mean_B a) / (std_B a + eps)."""
-    n, mean, _ = group_stats(rewards, group_ids)
-    a = _singletons(rewards.to(torch.float64) - mean, rewards, n, cfg).to(torch.float64)
-    std = a.std() if len(a) > 1 else torch.zeros((), dtype=torch.float64)
-    return ((a - a.mean()) / (std + cfg.eps)).to(torch.float32)
+def reinforce_pp(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
+    """REINFORCE++ with baseline (Hu et al., 2025): a_i = r_i - mean_G r, then whitened over the batch,
+    A_i = (a_i - mean_B a) / (std_B a + eps).
+
+    Groups of one take the cfg.singleton_group value and are left out of the batch statistics B.
+    """
+    g = group_stats(rewards, group_ids)
+    a = rewards.to(torch.float64) - g.mean
+    in_batch = g.size > 1
+    a_b = a[in_batch]
+    mean_b = a_b.mean() if a_b.numel() else a.new_zeros(())
+    std_b = a_b.std(correction=int(cfg.unbiased_std)) if a_b.numel() > 1 else a.new_zeros(())
+    return _with_singletons((a - mean_b) / (std_b + cfg.eps), rewards, g.size, cfg)
 
 
-def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
-    """The configured estimator: one advantage per sequence, shape [N]."""
+def compute_advantages(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
+    """The estimator named by cfg.estimator: one advantage per sequence, shape [N]."""
     return ADVANTAGE_ESTIMATORS.get(cfg.estimator)(rewards, group_ids, cfg)

@@ -1,33 +1,61 @@
-"""Per-token log-probs and entropies from logits, in float32 and in chunks (a [B, T, V] float32 copy is large)."""
+"""Per-token log-probs and entropies from logits, and the masked mean used to report per-token quantities.
+
+Both logit functions compute in float32 over chunks of rows, because a float32 copy of [B, T, V] logits is large.
+When gradients are needed, each chunk is recomputed in the backward pass (activation checkpointing), so the float32
+copy is never held whole for autograd either. Chunking changes neither values nor gradients.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_CHUNK_ROWS = 1024
 
 
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
-    """log softmax(z)[y] = z_y - logsumexp(z), float32, over chunks of rows. Shapes [..., V], [...] -> [...]."""
-    flat, y = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
-    out = [
-        flat[i : i + chunk_size].float().gather(-1, y[i : i + chunk_size, None]).squeeze(-1)
-        - torch.logsumexp(flat[i : i + chunk_size].float(), dim=-1)
-        for i in range(0, flat.shape[0], chunk_size)
-    ]
-    return (torch.cat(out) if out else flat.new_zeros(0, dtype=torch.float32)).reshape(labels.shape)
-
-
-def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
-    """H = logsumexp(z) - sum_v softmax(z)_v z_v, float32, over chunks of rows. Shape [..., V] -> [...]."""
-    flat = logits.reshape(-1, logits.shape[-1])
+def _over_row_chunks(fn: Callable[..., Tensor], rows: Tensor, *per_row: Tensor, chunk_size: int) -> Tensor:
+    """fn applied to consecutive chunks of `chunk_size` rows of `rows` [M, V] (and the matching rows of `per_row`)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    recompute = torch.is_grad_enabled() and rows.requires_grad
     out = []
-    for i in range(0, flat.shape[0], chunk_size):
-        z = flat[i : i + chunk_size].float()
-        out.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1))
-    return (torch.cat(out) if out else flat.new_zeros(0, dtype=torch.float32)).reshape(logits.shape[:-1])
+    for start in range(0, rows.shape[0], chunk_size):
+        args = (rows[start : start + chunk_size], *(t[start : start + chunk_size] for t in per_row))
+        out.append(checkpoint(fn, *args, use_reentrant=False) if recompute else fn(*args))
+    return torch.cat(out) if out else rows.new_zeros(0, dtype=torch.float32)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """sum(x * mask) / max(sum(mask), 1), over `dim` or everything."""
+def _token_logprobs(z: Tensor, y: Tensor) -> Tensor:
+    z = z.float()
+    return z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+
+
+def _entropy(z: Tensor) -> Tensor:
+    z = z.float()
+    lse = torch.logsumexp(z, dim=-1)
+    p = torch.exp(z - lse.unsqueeze(-1))
+    return lse - (p * z).sum(-1)
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor, chunk_size: int = DEFAULT_CHUNK_ROWS) -> Tensor:
+    """log pi(y) = log_softmax(z)_y = z_y - logsumexp(z), in float32. Shapes [..., V], [...] -> float32 [...]."""
+    rows = logits.reshape(-1, logits.shape[-1])
+    out = _over_row_chunks(_token_logprobs, rows, labels.reshape(-1), chunk_size=chunk_size)
+    return out.reshape(labels.shape)
+
+
+def entropy_from_logits(logits: Tensor, chunk_size: int = DEFAULT_CHUNK_ROWS) -> Tensor:
+    """H(pi) = -sum_v p_v log p_v = logsumexp(z) - sum_v softmax(z)_v z_v, in float32. [..., V] -> float32 [...]."""
+    rows = logits.reshape(-1, logits.shape[-1])
+    return _over_row_chunks(_entropy, rows, chunk_size=chunk_size).reshape(logits.shape[:-1])
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """sum(x M) / max(sum(M), 1), over `dim` or over everything."""
+    m = mask.to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+        return (x * m).sum() / m.sum().clamp(min=1)
+    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)

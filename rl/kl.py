@@ -1,12 +1,22 @@
-"""KL estimators to a reference policy, per token (Schulman's k1/k2/k3), in the loss or subtracted from the reward."""
+"""KL to a reference policy, estimated per token from sampled tokens (Schulman, "Approximating KL Divergence", 2020).
+
+With x = log pi_ref(y_t) - log pi(y_t), y_t ~ pi, each estimator's expectation under pi relates to KL(pi || pi_ref):
+k1 is unbiased but can be negative, k2 is biased with low variance, k3 is unbiased, >= 0 and low variance.
+The penalty goes into the loss (coef * KL per token) or is subtracted from the reward (`kl_penalized_rewards`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from torch import Tensor
 
 from rl.registry import Registry
+
+LOG_RATIO_CLAMP = 20.0  # |x| bound before any estimator
+K3_CLAMP = 10.0  # |k3| bound: one token far from the reference cannot dominate the step
 
 
 @dataclass
@@ -16,32 +26,34 @@ class KLConfig:
     in_reward: bool = False  # False: coef * KL in the loss; True: subtracted from the reward
 
 
-KL_ESTIMATORS: Registry = Registry("KL estimator")
+KLEstimator = Callable[[Tensor], Tensor]
+KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
 
 
 @KL_ESTIMATORS.register("k1")
-def k1(x: torch.Tensor) -> torch.Tensor:
-    """k1 = -x, with x = log pi_ref - log pi (unbiased, can be negative)."""
+def k1(x: Tensor) -> Tensor:
+    """k1 = -x = log pi - log pi_ref."""
     return -x
 
 
 @KL_ESTIMATORS.register("k2")
-def k2(x: torch.Tensor) -> torch.Tensor:
+def k2(x: Tensor) -> Tensor:
     """k2 = x^2 / 2."""
     return 0.5 * x.square()
 
 
 @KL_ESTIMATORS.register("k3")
-def k3(x: torch.Tensor) -> torch.Tensor:
-    """k3 = exp(x) - x - 1 >= 0 (unbiased, low variance), value clamped to [-10, 10]."""
-    return (torch.exp(x) - x - 1).clamp(-10, 10)
+def k3(x: Tensor) -> Tensor:
+    """k3 = exp(x) - x - 1, clamped to [-10, 10] (it is >= 0 before the clamp)."""
+    return (torch.exp(x) - x - 1).clamp(-K3_CLAMP, K3_CLAMP)
 
 
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-token KL(pi || pi_ref) estimate with x = clamp(ref_logp - logp, -20, 20)."""
-    return KL_ESTIMATORS.get(estimator)((ref_logp - logp).clamp(-20, 20))
+def kl_penalty(logp: Tensor, ref_logp: Tensor, estimator: str = "k3") -> Tensor:
+    """Per-token KL(pi || pi_ref) estimate, estimator(x) with x = clamp(ref_logp - logp, -20, 20). Same shape as logp."""
+    x = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return KL_ESTIMATORS.get(estimator)(x)
 
 
-def kl_penalized_rewards(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, coef: float) -> torch.Tensor:
-    """r_i - coef * sum_t kl_{i,t} over the response tokens."""
-    return rewards - coef * (kl * mask).sum(-1)
+def kl_penalized_rewards(rewards: Tensor, kl_tok: Tensor, mask: Tensor, coef: float) -> Tensor:
+    """KL in the reward: r_i - coef * sum_t kl_it M_it over the response tokens. [N], [N, T], [N, T] -> [N]."""
+    return rewards - coef * (kl_tok * mask.to(kl_tok.dtype)).sum(-1)

@@ -1,17 +1,22 @@
 """Policy losses (per token) and loss aggregation.
 
-A policy loss maps (logp, old_logp, advantages, mask) to a per-token loss; `aggregate_loss` reduces it to a scalar
-with normalisers that belong to the whole optimizer step (all micro-batches, all learners), so that splitting a batch
-into micro-batches and summing their gradients gives exactly the one-pass gradient.
+A policy loss maps (logp, old_logp, advantages, mask), all [B, T], to a per-token loss that is 0 outside the mask.
+`aggregate_loss` reduces it to a scalar with normalisers that belong to the whole optimizer step (all micro-batches,
+all learners): the sum of `aggregate_loss` over the micro-batches of a step equals the one-pass value, and so does
+the accumulated gradient.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from torch import Tensor
 
 from rl.registry import Registry
+
+LOG_RATIO_CLAMP = 20.0  # |log rho| bound before exp, so a stale token cannot overflow the ratio
 
 
 @dataclass
@@ -21,82 +26,113 @@ class PolicyLossConfig:
     clip_high: float = 0.2  # DAPO clip-higher: 0.28
     dual_clip: float | None = None  # c > 1 enables dual clip for A < 0 (3.0 is usual)
     agg_mode: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
-    norm_length: int | None = None  # seq-mean-token-sum-norm's fixed length; None: rollout max_tokens
+    norm_length: int | None = None  # seq-mean-token-sum-norm's fixed length; None: the caller's max response length
 
 
 @dataclass
 class PolicyLossOutput:
-    loss: torch.Tensor  # [B, T] per-token loss, 0 outside the mask
-    ratio: torch.Tensor  # [B, T] importance ratio used (detached)
-    clipped: torch.Tensor  # [B, T] bool: the clip was active at this token
+    loss: Tensor  # [B, T] per-token loss, 0 outside the mask
+    ratio: Tensor  # [B, T] importance ratio used (detached)
+    clipped: Tensor  # [B, T] bool: the clip was active at this token (clip-fraction metric)
 
 
-POLICY_LOSSES: Registry = Registry("policy loss")
+PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor, PolicyLossConfig], PolicyLossOutput]
+POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
 
 
-def _clipped_objective(ratio, adv, mask, cfg: PolicyLossConfig) -> PolicyLossOutput:
-    """L = max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high)); dual clip for A < 0: L = min(L, -A c)."""
+def clipped_surrogate(ratio: Tensor, adv: Tensor, mask: Tensor, cfg: PolicyLossConfig) -> PolicyLossOutput:
+    """L = max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high)); with dual clip c > 1, for A < 0: L = min(L, -A c).
+
+    `clipped` marks tokens where a clip bound decided L (its gradient is 0 there).
+    """
+    if cfg.dual_clip is not None and not cfg.dual_clip > 1:
+        raise ValueError(f"dual_clip must be > 1 (3.0 is usual) or None, got {cfg.dual_clip}")
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)
     loss = torch.maximum(unclipped, clipped)
     is_clipped = clipped > unclipped
     if cfg.dual_clip is not None:
-        lower = -adv * cfg.dual_clip
-        dual = (adv < 0) & (loss > lower)
-        loss = torch.where(dual, lower, loss)
+        bound = -adv * cfg.dual_clip
+        dual = (adv < 0) & (loss > bound)
+        loss = torch.where(dual, bound, loss)
         is_clipped = is_clipped | dual
-    mask = mask.to(loss.dtype)
-    return PolicyLossOutput(loss=loss * mask, ratio=ratio.detach(), clipped=is_clipped & mask.bool())
+    valid = mask != 0
+    return PolicyLossOutput(
+        loss=torch.where(valid, loss, torch.zeros_like(loss)),
+        ratio=ratio.detach(),
+        clipped=is_clipped & valid,
+    )
 
 
 @POLICY_LOSSES.register("ppo_clip")
-def ppo_clip(logp, old_logp, advantages, mask, cfg: PolicyLossConfig) -> PolicyLossOutput:
-    """PPO clip per token (Schulman et al., 2017) with DAPO's separate low/high clip and optional dual clip:
-    rho_t = exp(clamp(logp_t - logp_old_t, -20, 20)), L_t = max(-A_t rho_t, -A_t clip(rho_t, 1-eps_low, 1+eps_high))."""
-    ratio = torch.exp((logp - old_logp).clamp(-20, 20))
-    return _clipped_objective(ratio, advantages, mask, cfg)
+def ppo_clip(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: PolicyLossConfig) -> PolicyLossOutput:
+    """PPO clip per token (Schulman et al., 2017), with DAPO's decoupled clip_low / clip_high and optional dual clip
+    (Ye et al., 2020): rho_t = exp(clamp(logp_t - logp_old_t, -20, 20)),
+    L_t = max(-A_t rho_t, -A_t clip(rho_t, 1 - eps_low, 1 + eps_high))."""
+    ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
+    return clipped_surrogate(ratio, advantages, mask, cfg)
 
 
 @POLICY_LOSSES.register("gspo")
-def gspo(logp, old_logp, advantages, mask, cfg: PolicyLossConfig) -> PolicyLossOutput:
-    """GSPO (Zheng et al., 2025): sequence ratio s_i = exp(mean_t (logp - logp_old)) in its token-level gradient form
-    s_it = sg(s_i) exp(logp_t - sg(logp_t)), clipped to [1 - eps_low, 1 + eps_high]; use agg_mode seq-mean-token-mean."""
-    m = mask.to(logp.dtype)
-    seq_log_ratio = ((logp - old_logp) * m).sum(-1) / m.sum(-1).clamp(min=1)
-    seq_ratio = torch.exp(seq_log_ratio.clamp(-20, 20)).detach().unsqueeze(-1)
+def gspo(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: PolicyLossConfig) -> PolicyLossOutput:
+    """GSPO (Zheng et al., 2025): sequence ratio s_i = exp(mean_{t in o_i} (logp_t - logp_old_t)) in its token-level
+    gradient form s_it = sg(s_i) exp(logp_t - sg(logp_t)), clipped to [1 - eps_low, 1 + eps_high] in the PPO max form.
+
+    d s_it / d logp_t = s_i, so with agg_mode seq-mean-token-mean the gradient is the paper's
+    (1/|o_i|) sum_t s_i grad logp_t.
+    """
+    valid = mask != 0
+    log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))
+    seq_log_ratio = log_ratio.sum(-1) / valid.sum(-1).clamp(min=1)
+    seq_ratio = torch.exp(seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach().unsqueeze(-1)
     ratio = seq_ratio * torch.exp(logp - logp.detach())
-    return _clipped_objective(ratio, advantages, mask, cfg)
+    return clipped_surrogate(ratio, advantages, mask, cfg)
 
 
-LOSS_AGGREGATIONS: Registry = Registry("loss aggregation")
+LossAggregation = Callable[[Tensor, Tensor, float, float, float | None], Tensor]
+LOSS_AGGREGATIONS: Registry[LossAggregation] = Registry("loss aggregation")
+
+
+def _masked(loss: Tensor, mask: Tensor) -> Tensor:
+    """L * M, and exactly 0 where M = 0 even if L is not finite there."""
+    return torch.where(mask != 0, loss * mask, torch.zeros_like(loss))
 
 
 @LOSS_AGGREGATIONS.register("token-mean")
-def token_mean(loss, mask, num_tokens, num_seqs, norm_length):
-    """sum_{i,t} L_it / (valid tokens of the whole step)."""
-    return (loss * mask).sum() / num_tokens
+def token_mean(loss: Tensor, mask: Tensor, num_tokens: float, num_seqs: float, norm_length: float | None) -> Tensor:
+    """sum_{i,t} L_it M_it / (valid tokens of the whole step)."""
+    return _masked(loss, mask).sum() / num_tokens
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-mean")
-def seq_mean_token_mean(loss, mask, num_tokens, num_seqs, norm_length):
-    """sum_i (sum_t L_it / |o_i|) / (sequences of the whole step)."""
-    return ((loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_seqs
+def seq_mean_token_mean(loss: Tensor, mask: Tensor, num_tokens: float, num_seqs: float,
+                        norm_length: float | None) -> Tensor:
+    """sum_i (sum_t L_it M_it / max(|o_i|, 1)) / (sequences of the whole step); |o_i| = sum_t M_it."""
+    return (_masked(loss, mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / num_seqs
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-sum")
-def seq_mean_token_sum(loss, mask, num_tokens, num_seqs, norm_length):
-    """sum_{i,t} L_it / (sequences of the whole step)."""
-    return (loss * mask).sum() / num_seqs
+def seq_mean_token_sum(loss: Tensor, mask: Tensor, num_tokens: float, num_seqs: float,
+                       norm_length: float | None) -> Tensor:
+    """sum_{i,t} L_it M_it / (sequences of the whole step)."""
+    return _masked(loss, mask).sum() / num_seqs
 
 
 @LOSS_AGGREGATIONS.register("seq-mean-token-sum-norm")
-def seq_mean_token_sum_norm(loss, mask, num_tokens, num_seqs, norm_length):
-    """Dr. GRPO: sum_{i,t} L_it / (norm_length * sequences of the whole step), a constant normaliser."""
+def seq_mean_token_sum_norm(loss: Tensor, mask: Tensor, num_tokens: float, num_seqs: float,
+                            norm_length: float | None) -> Tensor:
+    """Dr. GRPO (Liu et al., 2025): sum_{i,t} L_it M_it / norm_length / (sequences of the whole step),
+    a constant normaliser that does not favour long or short responses."""
     if not norm_length:
-        raise ValueError("seq-mean-token-sum-norm needs algorithm.loss.norm_length (or the rollout max_tokens)")
-    return (loss * mask).sum() / (norm_length * num_seqs)
+        raise ValueError("seq-mean-token-sum-norm needs norm_length (loss.norm_length or the max response length)")
+    return _masked(loss, mask).sum() / norm_length / num_seqs
 
 
-def aggregate_loss(loss, mask, mode: str, *, num_tokens: float, num_seqs: float, norm_length: float | None = None):
-    """Reduce a [B, T] per-token loss to a scalar; num_tokens / num_seqs count the whole optimizer step."""
+def aggregate_loss(loss: Tensor, mask: Tensor, mode: str, *, num_tokens: float, num_seqs: float,
+                   norm_length: float | None = None) -> Tensor:
+    """Reduce a [B, T] per-token loss to a scalar with the aggregation named `mode`.
+
+    num_tokens (sum of the mask) and num_seqs count the whole optimizer step, across micro-batches and learners,
+    so that gradient accumulation leaves loss and gradient unchanged; both must be > 0.
+    """
     return LOSS_AGGREGATIONS.get(mode)(loss, mask.to(loss.dtype), num_tokens, num_seqs, norm_length)

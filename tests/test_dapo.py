@@ -2,19 +2,51 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from rl.advantages import AdvantageConfig, compute_advantages
 from rl.dapo import informative_groups, overlong_penalty
 
 
 def test_overlong_penalty_golden_values():
-    lengths = torch.tensor([10, 16, 18, 20])
-    assert overlong_penalty(lengths, max_length=20, buffer=4).tolist() == [0.0, 0.0, -0.5, -1.0]
-    assert overlong_penalty(lengths, max_length=20, buffer=4, factor=2.0).tolist() == [0.0, 0.0, -1.0, -2.0]
-    assert overlong_penalty(lengths, max_length=20, buffer=0).tolist() == [0.0] * 4
+    lengths = torch.tensor([10, 16, 17, 18, 20])  # L_max = 20, L_buf = 4: the ramp starts after 16
+    got = overlong_penalty(lengths, max_length=20, buffer=4)
+    assert got.dtype == torch.float32
+    assert got.tolist() == [0.0, 0.0, -0.25, -0.5, -1.0]
+    assert overlong_penalty(lengths, max_length=20, buffer=4, factor=2.0).tolist() == [0.0, 0.0, -0.5, -1.0, -2.0]
+    assert overlong_penalty(lengths, max_length=20, buffer=0).tolist() == [0.0] * 5
+
+
+def test_overlong_penalty_floor_and_errors():
+    # the paper's third case: a length past L_max gets -1 (x factor), not a steeper value
+    assert overlong_penalty(torch.tensor([22, 40]), max_length=20, buffer=4, factor=0.5).tolist() == [-0.5, -0.5]
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty(torch.tensor([1]), max_length=20, buffer=-1)
 
 
 def test_informative_groups():
-    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5])
-    groups = torch.tensor([4, 4, 9, 9, 2, 2, 5])
-    assert informative_groups(rewards, groups).tolist() == [False, False, True, True, False, False, False]
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.3])
+    groups = torch.tensor([4, 4, 9, 9, 2, 2, 5, 9])  # non-contiguous; group 5 is a singleton
+    assert informative_groups(rewards, groups).tolist() == [False, False, True, True, False, False, False, True]
+
+
+def test_informative_groups_tolerance_and_empty():
+    g = torch.tensor([0, 0, 1, 1])
+    r = torch.tensor([1.0, 1.0 + 1e-12, 0.0, 1e-3], dtype=torch.float64)
+    assert informative_groups(r, g).tolist() == [False, False, True, True]
+    assert informative_groups(r, g, atol=1e-2).tolist() == [False] * 4
+    assert informative_groups(torch.zeros(0), torch.zeros(0, dtype=torch.long)).shape == (0,)
+
+
+def test_uninformative_groups_are_those_with_zero_advantage():
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randint(0, 2, (40,), generator=g).float()
+    groups = torch.randint(0, 12, (40,), generator=g) * 3
+    adv = compute_advantages(rewards, groups, AdvantageConfig(estimator="dr_grpo"))
+    keep = informative_groups(rewards, groups)
+    assert keep.any() and not keep.all()
+    for gid in groups.unique():
+        in_g = groups == gid
+        assert bool(keep[in_g].all()) == bool(adv[in_g].abs().max() > 0)
+        assert bool(keep[in_g].all()) or not keep[in_g].any()
