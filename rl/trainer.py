@@ -48,6 +48,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         # Everything that can fail on bad input happens before the cluster and the engines start.
+        self.rewards = RewardManager(cfg.rewards)  # imports user reward functions: a bad fn path fails first
         self.model_path = resolve_model_path(cfg.model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -57,7 +58,6 @@ class Trainer:
         for name, ds in sets.items():
             rows, prompts, _ = self._prepare(ds, f"eval_sets.{name}" if name != "heldout" else "data.eval")
             self.eval_sets[name] = (rows, prompts)
-        self.rewards = RewardManager(cfg.rewards)
         self.has_answers = "answer" in self.train_rows.column_names
         self.sampler = PromptSampler(len(self.train_rows), cfg.data.seed, cfg.data.shuffle)
 

@@ -24,3 +24,8 @@ def uses_columns(prompts, completions, answer, **kwargs):
 def length_parity(prompts, completions, **kwargs):
     """A reward that differs within a group even for a random model: 1 for an even-length completion."""
     return [float(len(c) % 2 == 0) for c in completions]
+
+
+def returns(prompts, completions, values=None, **kwargs):
+    """Returns `values` as they are (for the checks on what a reward returns)."""
+    return values

@@ -3,26 +3,40 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+import torch
 
-from rewards import RewardManager, RewardSpec, answers_match, extract_answer, load_reward
+from rewards import REWARDS, RewardManager, RewardSpec, answers_match, extract_answer, load_reward
 from rewards.answers import format_reward, math_verify_reward
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
     "text, expected",
     [
         ("so \\boxed{\\frac{1}{2}} it is", "\\frac{1}{2}"),
-        ("\\boxed{x^{2}} then \\boxed{3}", "3"),
+        ("\\boxed{x^{2}} then \\boxed{\\frac{a}{\\sqrt{b}}}", "\\frac{a}{\\sqrt{b}}"),
         ("work...\n#### 1,234", "1234"),
         ("The answer is 1,234.", "1234"),
+        ("the answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+        ("Answer: 42 apples", "42"),
         ("It drops to -7 degrees", "-7"),
+        ("The final answer is \u221212", "-12"),  # Unicode minus
         ("costs 3.50 dollars, then 2.25", "2.25"),
+        ("we reach 2.5.", "2.5"),
         ("The answer is: 18 apples. Earlier I said 4", "18"),
+        ("read pages 3-7", "7"),  # a range, not -7
+        ("the numbers 1,2,3", "3"),  # a list, not 123
         ("no numbers here", None),
         ("", None),
+        (None, None),
     ],
 )
 def test_extract_answer(text, expected):
@@ -32,16 +46,36 @@ def test_extract_answer(text, expected):
 @pytest.mark.parametrize(
     "pred, gold, ok",
     [("0.5", "\\frac{1}{2}", True), ("\\frac{1}{2}", "0.5", True), ("12", "12.0", True), ("7", "8", False),
-     ("1234", "1,234", True), (None, "3", False), ("}{garbage\\", "3", False), ("\\sqrt{4}", "2", True)],
+     ("1234", "1,234", True), ("\\sqrt{4}", "2", True), ("x^2+2x+1", "(x+1)^2", True), ("(1,2)", "(2,1)", False),
+     ("3!", "6", True), (None, "3", False), ("3", None, False), ("", "3", False), ("}{garbage\\", "3", False),
+     ("\\boxed{", "3", False), ("\\frac{1}{0}", "1", False)],
 )
 def test_answers_match(pred, gold, ok):
     assert answers_match(pred, gold) is ok
 
 
+def test_answers_that_would_hang_sympy_are_false_and_fast():
+    """Without math-verify's (signal-based) timeout, sympy never returns on these; they must be refused quickly.
+    Run in a child process so that a regression fails the test instead of hanging the suite."""
+    code = textwrap.dedent("""
+        from rewards import answers_match
+        cases = ["9^{9^{9^{9}}}", "10^{10^{7}}", "\\\\frac{1}{2}^{99999999}", "e^{e^{e^{e^{e}}}}", "(10^{9})!",
+                 "\\\\binom{100000}{50000}", "\\\\sum_{i=1}^{10^{9}} \\\\sin(i)", "x^{9^{9^{9}}}", "1" * 5000]
+        print([answers_match(c, "3") for c in cases])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str([False] * 9)
+
+
 def test_math_verify_and_format_rewards():
-    completions = ["3 + 4 = 7. The answer is 7.", "I think 8", "\\boxed{7}", "seven"]
-    assert math_verify_reward(None, completions, answer=["7"] * 4) == [1.0, 0.0, 1.0, 0.0]
-    assert format_reward(None, completions) == [1.0, 0.0, 1.0, 0.0]
+    completions = ["3 + 4 = 7. The answer is 7.", "I think 8", "\\boxed{7}", "seven", "#### 7.0", "\\boxed{}"]
+    assert math_verify_reward(None, completions, answer=["7"] * 6, other=[0] * 6) == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert format_reward(None, completions) == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert math_verify_reward(None, ["\\boxed{1/2}"] * 3, answer=["0.5", 0.5, None]) == [1.0, 1.0, 0.0]
+    # TRL's conversational form: a completion is a list of messages
+    assert math_verify_reward(None, [[{"role": "assistant", "content": "\\boxed{3}"}]], answer=["3"]) == [1.0]
+    assert set(REWARDS.names()) >= {"math_verify", "format"}
 
 
 def test_user_reward_by_dotted_path_with_kwargs():
@@ -49,13 +83,17 @@ def test_user_reward_by_dotted_path_with_kwargs():
     assert label == "constant" and fn(["p"], ["c", "d"]) == [0.25, 0.25]
     label, _ = load_reward(RewardSpec(fn="tests.reward_fixtures.uses_columns", label="exact"))
     assert label == "exact"
+    m = RewardManager([RewardSpec(fn="tests.reward_fixtures:constant", kwargs={"value": 0.25}, weight=2.0)])
+    assert m(["p"] * 2, ["a", "b"], {"answer": ["1", "2"]}).total.tolist() == [0.5, 0.5]
 
 
 @pytest.mark.parametrize(
     "spec, words",
     [(RewardSpec(fn="tests.nope:f"), "cannot import"), (RewardSpec(fn="tests.reward_fixtures:nope"), "no attribute"),
+     (RewardSpec(fn="tests_reward_fixtures_nodots"), "package.module:function"),
      (RewardSpec(name="nope"), "unknown reward"), (RewardSpec(), "exactly one"),
-     (RewardSpec(name="format", fn="a:b"), "exactly one")],
+     (RewardSpec(name="format", fn="a:b"), "exactly one"), (RewardSpec(name="format", weight=float("nan")), "weight"),
+     (RewardSpec(name="format", kwargs=[1]), "kwargs")],
 )
 def test_bad_specs_fail_with_the_key(spec, words):
     with pytest.raises(ValueError) as e:
@@ -63,12 +101,31 @@ def test_bad_specs_fail_with_the_key(spec, words):
     assert "rewards[3]" in str(e.value) and words in str(e.value)
 
 
+def test_a_broken_user_module_is_named(tmp_path, monkeypatch):
+    (tmp_path / "broken_reward_mod.py").write_text("raise RuntimeError('bad import-time code')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError) as e:
+        RewardManager([RewardSpec(name="format"), RewardSpec(fn="broken_reward_mod:f")])
+    msg = str(e.value)
+    assert "rewards[1]" in msg and "broken_reward_mod" in msg and "bad import-time code" in msg
+
+
+def test_validate_catches_config_errors_before_any_call():
+    with pytest.raises(ValueError, match="share a label"):
+        RewardManager.validate([RewardSpec(name="format"), RewardSpec(name="format")])
+    with pytest.raises(ValueError, match="at least one"):
+        RewardManager.validate([])
+    loaded = RewardManager.validate([RewardSpec(name="format"), RewardSpec(name="format", label="f2")])
+    assert [label for label, _ in loaded] == ["format", "f2"]
+
+
 def test_weighted_sum_skips_none_like_trl():
     m = RewardManager([RewardSpec(fn="tests.reward_fixtures:half_none", weight=2.0),
                        RewardSpec(fn="tests.reward_fixtures:constant", weight=0.5, kwargs={"value": 1.0})])
     out = m(["p"] * 4, ["a", "b", "c", "d"], {})
     assert out.total.tolist() == [2.5, 0.5, 2.5, 0.5]
-    assert math.isnan(out.per_function["half_none"][1])
+    assert out.total.dtype == out.per_function["half_none"].dtype == torch.float32
+    assert math.isnan(out.per_function["half_none"][1]) and out.per_function["constant"].tolist() == [1.0] * 4
     only_none = RewardManager([RewardSpec(fn="tests.reward_fixtures:half_none")])(["p"] * 2, ["a", "b"], {})
     assert only_none.total[0] == 1.0 and math.isnan(only_none.total[1])
 
@@ -78,17 +135,30 @@ def test_columns_reach_the_reward():
     assert m(["p"] * 2, ["4", "5"], {"answer": ["4", "4"], "other": [1, 2]}).total.tolist() == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("fn, words", [("wrong_length", "returned 1 values for 3 completions"),
-                                       ("raises", "ZeroDivisionError")])
-def test_broken_rewards_are_named(fn, words):
-    m = RewardManager([RewardSpec(fn=f"tests.reward_fixtures:{fn}")])
+def test_bools_count_as_numbers_like_in_trl():
+    m = RewardManager([RewardSpec(fn="tests.reward_fixtures:returns", kwargs={"values": [True, False, 0.5]})])
+    assert m(["p"] * 3, ["a", "b", "c"], {}).total.tolist() == [1.0, 0.0, 0.5]
+
+
+@pytest.mark.parametrize("fn, kwargs, words", [
+    ("wrong_length", {}, "returned 1 values for 3 completions"),
+    ("raises", {}, "ZeroDivisionError"),
+    ("returns", {"values": [1.0, "1.0", 0.0]}, "returned '1.0' (a str) for sample 1"),
+    ("returns", {"values": [1.0, float("inf"), 0.0]}, "returned inf for sample 1"),
+    ("returns", {"values": None}, "returned NoneType"),
+])
+def test_broken_rewards_are_named(fn, kwargs, words):
+    m = RewardManager([RewardSpec(name="format"), RewardSpec(fn=f"tests.reward_fixtures:{fn}", kwargs=kwargs)])
     with pytest.raises(RuntimeError) as e:
         m(["p"] * 3, ["a", "b", "c"], {})
     assert repr(fn) in str(e.value) and words in str(e.value)
+    if fn == "raises":
+        assert isinstance(e.value.__cause__, ZeroDivisionError)
 
 
 def test_math_verify_is_thread_safe():
-    """math-verify's default timeout uses signal.alarm, which raises outside the main thread; ours is off."""
+    """math-verify's default timeout uses signal.alarm, which fails outside the main thread (math-verify then
+    quietly returns "no match"); ours is off, so 4 threads agree with a serial run, and every answer matches."""
     completions = [f"so the answer is \\frac{{{i}}}{{2}}" if i % 3 else f"#### {i / 2}" for i in range(200)]
     golds = [str(i / 2) for i in range(200)]
     serial = math_verify_reward(None, completions, answer=golds)
