@@ -225,7 +225,9 @@ class Trainer:
             values = torch.cat([pf[label] for _, _, _, pf in groups])
             m[f"reward/{label}/mean"] = float(values.nanmean())
             m[f"reward/{label}/std"] = float(values[~values.isnan()].std()) if (~values.isnan()).sum() > 1 else 0.0
-        if self.has_answers:
+        if "reward/math_verify/mean" in m:  # the configured reward already is the accuracy: do not score twice
+            m["accuracy"] = m["reward/math_verify/mean"]
+        elif self.has_answers:
             golds = [self.train_rows[r]["answer"] for r, g, _, _ in groups for _ in g]
             m["accuracy"] = float(np.mean(math_verify_reward(None, [s.text for s in samples], answer=golds)))
         return m
