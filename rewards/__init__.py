@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import threading
+import traceback
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from rewards import answers as _builtins  # noqa: F401  (registers math_verify a
 from rewards.answers import answers_match, extract_answer
 from rewards.registry import REWARDS
 
-__all__ = ["REWARDS", "RewardManager", "RewardOutput", "RewardSpec", "answers_match", "extract_answer", "load_reward"]
+__all__ = ["REWARDS", "RewardError", "RewardManager", "RewardOutput", "RewardPolicyConfig", "RewardSpec", "answers_match", "extract_answer", "load_reward"]
 
 _NAN = float("nan")
 
@@ -71,9 +73,50 @@ def load_reward(spec: RewardSpec, index: int = 0) -> tuple[str, Callable]:
 
 
 @dataclass
+class RewardPolicyConfig:
+    """What happens when a reward function misbehaves (raises, hangs, returns NaN/inf/a non-number/the wrong count)."""
+
+    on_error: str = "fail"  # fail: stop, showing the reward, prompt, completion, traceback | skip: drop the sample
+    timeout_s: float | None = 300.0  # per call of one function on one step's samples; null: no limit
+    max_skip_frac: float = 0.5  # skip: stop anyway when more than this fraction of a step's samples is dropped
+
+
+class RewardError(RuntimeError):
+    """A reward function failed; the message names it and shows the sample and traceback."""
+
+
+@dataclass
+class RewardFailure:
+    label: str
+    reason: str  # what went wrong, with the traceback where there is one
+    index: int | None  # the sample, or None when the whole call failed (timeout, wrong count)
+
+
+@dataclass
 class RewardOutput:
-    total: torch.Tensor  # [N] weighted sum over functions, None entries skipped; NaN where every function abstained
-    per_function: dict[str, torch.Tensor]  # label -> [N] raw values, NaN for None
+    total: torch.Tensor  # [N] weighted sum over functions, None entries skipped; NaN where the sample was not scored
+    per_function: dict[str, torch.Tensor]  # label -> [N] raw values, NaN for None or failure
+    failed: torch.Tensor = None  # [N] bool: a function failed on the sample, or every function returned None
+    failures: list[RewardFailure] = field(default_factory=list)
+
+
+def _run_with_timeout(fn: Callable, timeout: float | None):
+    """fn() in a daemon thread; (result, None) or (None, error text). A call that hangs is abandoned, not joined:
+    Python cannot stop a thread, but the run goes on (skip) or stops with a message (fail)."""
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001  (reported with its traceback)
+            box["error"] = "".join(traceback.format_exception(e)).rstrip()
+
+    thread = threading.Thread(target=target, daemon=True, name="reward-call")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return None, f"did not return within {timeout:g} s (reward_policy.timeout_s)"
+    return box.get("value"), box.get("error")
 
 
 class RewardManager:
@@ -81,13 +124,15 @@ class RewardManager:
 
     Specs are loaded (imported, kwargs bound, labels checked) in the constructor, so a config error surfaces before
     any model or engine starts; `RewardManager.validate(specs)` does the same checks without building a manager.
+    A function that raises, hangs past the timeout, or returns NaN/inf, a non-number or the wrong count fails the
+    samples it was called on; `policy.on_error` says whether that stops the run or drops those samples. It is never
+    turned into a zero.
     """
 
-    def __init__(self, specs: list[RewardSpec], num_workers: int = 4):
+    def __init__(self, specs: list[RewardSpec], policy: RewardPolicyConfig | None = None):
         loaded = self.validate(specs)
+        self.policy = policy or RewardPolicyConfig()
         self.functions = [(label, fn, float(s.weight)) for (label, fn), s in zip(loaded, specs)]
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(num_workers, len(self.functions))),
-                                       thread_name_prefix="reward")
 
     @staticmethod
     def validate(specs: list[RewardSpec]) -> list[tuple[str, Callable]]:
@@ -100,36 +145,81 @@ class RewardManager:
             raise ValueError(f"rewards: two rewards share a label ({labels}); set `label` on one of them")
         return loaded
 
-    def _call(self, label: str, fn: Callable, prompts, completions, columns) -> torch.Tensor:
-        """One reward on the batch, its values checked: [N] float32, NaN for None."""
-        try:
-            values = fn(prompts, completions, **columns)
-        except Exception as e:
-            raise RuntimeError(f"reward {label!r} raised {type(e).__name__}: {e}") from e
+    @staticmethod
+    def _check_values(values, n: int) -> tuple[list[float], dict[int, str], str | None]:
+        """(values with NaN for None, {sample: problem}, problem of the whole call)."""
         if values is None or isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
-            raise RuntimeError(f"reward {label!r} returned {type(values).__name__}, not a list of floats")
-        if len(values) != len(completions):
-            raise RuntimeError(f"reward {label!r} returned {len(values)} values for {len(completions)} completions")
-        out = []
+            return [], {}, f"returned {type(values).__name__}, not a list of floats"
+        if len(values) != n:
+            return [], {}, f"returned {len(values)} values for {n} completions"
+        out, bad = [], {}
         for i, v in enumerate(values):
             try:
                 x = _NAN if v is None else float(v)  # bools count as 0/1, as in TRL
             except (TypeError, ValueError):
                 x = None
             if x is None or isinstance(v, (str, bytes)):
-                raise RuntimeError(f"reward {label!r} returned {v!r} (a {type(v).__name__}) for sample {i}; "
-                                   "expected a number or None")
-            if abs(x) == float("inf"):  # NaN is allowed: it means None
-                raise RuntimeError(f"reward {label!r} returned {x} for sample {i}")
-            out.append(x)
-        return torch.tensor(out, dtype=torch.float32)
+                bad[i] = f"returned {v!r} (a {type(v).__name__}) for sample {i}; expected a number or None"
+            elif v is not None and not isfinite(x):
+                bad[i] = f"returned {x} for sample {i}; use None for 'does not apply'"
+            out.append(_NAN if i in bad else x)
+        return out, bad, None
+
+    def _call(self, label: str, fn: Callable, prompts, completions, columns) -> tuple[torch.Tensor, list[RewardFailure]]:
+        """One reward on the batch: [N] float32 (NaN for None and failures) and what failed."""
+        n = len(completions)
+        values, error = _run_with_timeout(lambda: fn(prompts, completions, **columns), self.policy.timeout_s)
+        if error is None:
+            out, bad, whole = self._check_values(values, n)
+            if whole is not None:
+                return torch.full((n,), _NAN), [RewardFailure(label, whole, None)]
+            return torch.tensor(out, dtype=torch.float32), [RewardFailure(label, r, i) for i, r in bad.items()]
+        if "reward_policy.timeout_s" in error or n == 1:
+            return torch.full((n,), _NAN), [RewardFailure(label, error, None if n > 1 else 0)]
+        # it raised on the batch: call it sample by sample to find which samples it fails on
+        out, failures = [], []
+        for i in range(n):
+            one = {k: v[i : i + 1] for k, v in columns.items()}
+            value, err = _run_with_timeout(lambda: fn(prompts[i : i + 1], completions[i : i + 1], **one),
+                                           self.policy.timeout_s)
+            if err is None:
+                vals, bad, whole = self._check_values(value, 1)
+                err = whole or bad.get(0)
+            out.append(_NAN if err else vals[0])
+            if err:
+                failures.append(RewardFailure(label, err, i))
+        if not failures:  # it fails only on the whole batch
+            failures = [RewardFailure(label, error, None)]
+            out = [_NAN] * n
+        return torch.tensor(out, dtype=torch.float32), failures
 
     def __call__(self, prompts: list, completions: list[str], columns: dict[str, list]) -> RewardOutput:
         """All rewards on N samples: `columns` are the data set's columns (lists of N), passed as keyword arguments."""
-        futures = {label: self.pool.submit(self._call, label, fn, prompts, completions, columns)
-                   for label, fn, _ in self.functions}
-        per_function = {label: f.result() for label, f in futures.items()}
+        n = len(completions)
+        with ThreadPoolExecutor(max_workers=len(self.functions), thread_name_prefix="reward") as pool:
+            futures = {label: pool.submit(self._call, label, fn, prompts, completions, columns)
+                       for label, fn, _ in self.functions}
+            results = {label: f.result() for label, f in futures.items()}
+        per_function = {label: values for label, (values, _) in results.items()}
+        failures = [f for _, fs in results.values() for f in fs]
+        failed = torch.zeros(n, dtype=torch.bool)
+        for f in failures:
+            failed[slice(None) if f.index is None else f.index] = True
         weighted = torch.stack([per_function[label] * w for label, _, w in self.functions])
         total = weighted.nansum(0)
-        total[weighted.isnan().all(0)] = _NAN
-        return RewardOutput(total=total, per_function=per_function)
+        unscored = weighted.isnan().all(0) & ~failed
+        for i in torch.nonzero(unscored).flatten().tolist():
+            failures.append(RewardFailure("(all)", "every reward function returned None for this sample", i))
+        failed |= unscored
+        total[failed] = _NAN
+        if failures and self.policy.on_error == "fail":
+            raise RewardError(self.describe(failures[0], prompts, completions) +
+                              "\n(set reward_policy.on_error=skip to drop such samples from the loss and go on)")
+        return RewardOutput(total=total, per_function=per_function, failed=failed, failures=failures)
+
+    @staticmethod
+    def describe(f: RewardFailure, prompts: list, completions: list[str]) -> str:
+        i = 0 if f.index is None else f.index
+        scope = f"on a call with {len(completions)} samples (first shown)" if f.index is None else f"on sample {i}"
+        return (f"reward {f.label!r} failed {scope}: {f.reason}\n"
+                f"prompt: {str(prompts[i])[:2000]!r}\ncompletion: {str(completions[i])[:2000]!r}")

@@ -56,9 +56,23 @@ def main(argv: list[str] | None = None) -> None:
     print(to_yaml(cfg), flush=True)
     if args.command == "config":
         return
-    from rl.trainer import train
+    from rewards import RewardError
+    from rl.checkpoint import CheckpointError
+    from rl.config import ConfigError
+    from rl.trainer import Trainer
 
-    train(cfg)
+    try:
+        trainer = Trainer(cfg)  # all input checks; nothing expensive has started when one fails
+    except (ConfigError, CheckpointError, ValueError, OSError) as e:
+        print(f"rlvr: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        trainer.train()
+    except (RewardError, CheckpointError, FloatingPointError) as e:  # stated problems, not bugs: no traceback
+        print(f"rlvr: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        trainer.close()
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ RolloutConfig, ...); this file only assembles them and checks what spans several
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rewards import REWARDS, RewardSpec
+from rewards import REWARDS, RewardPolicyConfig, RewardSpec
 from rl.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig
 from rl.data import DataConfig, DatasetConfig
 from rl.kl import KL_ESTIMATORS, KLConfig
@@ -61,6 +62,7 @@ class TrainerConfig:
     save_every: int = 0  # 0: checkpoint only at the end
     keep_checkpoints: int = 2
     print_samples: int = 1  # completions printed per step, to see what the model does
+    max_bad_steps: int = 3  # stop after this many optimizer steps in a row skipped for non-finite loss/gradients
 
 
 @dataclass
@@ -84,10 +86,13 @@ class Config:
     name: str = "run"
     seed: int = 0
     output_dir: str = "runs/${name}"
+    resume: str = "auto"  # auto: continue from output_dir's latest checkpoint if any | none | a checkpoint folder
+    resume_force: bool = False  # resume even though the config changed in a way that changes the run
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval_sets: dict[str, DatasetConfig] = field(default_factory=dict)  # extra held-out sets, evaluated with data.eval
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec(name="math_verify")])
+    reward_policy: RewardPolicyConfig = field(default_factory=RewardPolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -118,8 +123,60 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
     return obj
 
 
+_SECRET = re.compile(r"(?:^|[_-])(?:(?:api|access|secret|private)[_-]?key|token|secret|password|passwd|credentials?)$",
+                     re.IGNORECASE)
+
+
+def redact(tree):
+    """A copy of a config dict with the values of secret-looking keys (api_key, token, password, ...) replaced."""
+    if isinstance(tree, dict):
+        return {k: "***" if _SECRET.search(str(k)) and v is not None else redact(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redact(v) for v in tree]
+    return tree
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain containers, secrets redacted: what is printed, logged and saved with checkpoints."""
+    return redact(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+
+
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+
+
+# Keys that may change between a checkpoint and its resumed run without changing what the run computes.
+HARMLESS_ON_RESUME = (
+    "name", "output_dir", "resume", "resume_force", "logging.", "ray.", "eval_sets", "data.eval",
+    "trainer.total_steps", "trainer.eval_every", "trainer.eval_at_start", "trainer.save_every",
+    "trainer.keep_checkpoints", "trainer.print_samples", "trainer.max_bad_steps",
+    "rollout.eval_sampling", "rollout.num_engines", "rollout.num_cpus_per_engine", "rollout.num_gpus_per_engine",
+    "rollout.num_threads", "rollout.gpu_memory_utilization", "rollout.kv_cache_gib", "rollout.max_engine_restarts",
+    "learner.num_cpus", "learner.num_gpus", "learner.num_threads", "learner.micro_batch_size",
+    "learner.gradient_checkpointing", "reward_policy.timeout_s",
+)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list) and tree:
+        return {k: v for i, sub in enumerate(tree) for k, v in _flatten(sub, f"{prefix[:-1]}[{i}].").items()}
+    return {prefix[:-1]: tree}
+
+
+def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(changes that would change the run, harmless changes) between a checkpoint's config and this run's,
+    each as 'key: old -> new'."""
+    a, b = _flatten(old), _flatten(new)
+    harmful, harmless = [], []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            line = f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}"
+            ok = any(key == h or key.startswith(h if h.endswith(".") else h + ".") or key.startswith(h + "[")
+                     for h in HARMLESS_ON_RESUME)
+            (harmless if ok else harmful).append(line)
+    return harmful, harmless
 
 
 def _check(ok: bool, message: str) -> None:
@@ -154,6 +211,14 @@ def validate(cfg: Config) -> None:
     _check(t.prompts_per_step >= 1, "trainer.prompts_per_step must be >= 1")
     _check(t.eval_every >= 0 and t.save_every >= 0, "trainer.eval_every and trainer.save_every must be >= 0")
     _check(t.keep_checkpoints >= 1, "trainer.keep_checkpoints must be >= 1")
+    _check(t.max_bad_steps >= 1, "trainer.max_bad_steps must be >= 1")
+    _check(r.max_engine_restarts >= 0, "rollout.max_engine_restarts must be >= 0")
+    rp = cfg.reward_policy
+    _check(rp.on_error in ("fail", "skip"), f"reward_policy.on_error={rp.on_error!r}; choose fail or skip")
+    _check(rp.timeout_s is None or rp.timeout_s > 0, "reward_policy.timeout_s must be > 0 (or null for no limit)")
+    _check(0 <= rp.max_skip_frac <= 1, "reward_policy.max_skip_frac must be in [0, 1]")
+    _check(cfg.resume in ("auto", "none") or bool(cfg.resume.strip()),
+           "resume must be auto, none, or a checkpoint folder")
     lr = cfg.learner
     _check(lr.micro_batch_size >= 1, "learner.micro_batch_size must be >= 1")
     _check(lr.ppo_epochs >= 1 and lr.mini_batches >= 1, "learner.ppo_epochs and learner.mini_batches must be >= 1")

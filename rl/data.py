@@ -6,9 +6,13 @@ own columns, which reward functions receive as keyword arguments.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
 import random
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,27 +189,115 @@ def _split_files(folder: Path, split: str, source: str) -> list[Path]:
     return files
 
 
-def _find_bad_json(path: Path) -> str | None:
-    """Where a JSON / JSON Lines file stops parsing, as 'line N: reason', or None if every line parses."""
+class _BadValue(ValueError):
+    """A JSON value that parses but that the loader would misread (raised from the decoder's hooks)."""
+
+
+def _object(pairs: list) -> dict:
+    row = dict(pairs)
+    if len(row) < len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _BadValue(f"the key {dup!r} appears twice in one object; keep one")
+    return row
+
+
+def _finite(text: str) -> float:
+    if math.isinf(value := float(text)):
+        raise _BadValue(f"the number {text} is out of range for a float; write it as a string")
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_float=_finite)
+_WS = re.compile(r"[ \t\n\r]*")
+_INT64 = 2**63
+
+
+def _json_rows(text: str):
+    """(where, row) of each row of a JSON list of rows or of JSON Lines, read the way datasets reads them: one list
+    when the text starts with "[", else one value per line. Raises JSONDecodeError or _BadValue (with .where)."""
+    if not text.startswith("["):
+        offset = 0
+        for n, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
+            if line.strip():
+                try:
+                    yield f"line {n}", _DECODER.decode(line)
+                except json.JSONDecodeError as e:
+                    raise json.JSONDecodeError(e.msg, text, offset + e.pos) from None  # a line of the whole file
+                except _BadValue as e:
+                    e.where = f"line {n}"
+                    raise
+            offset += len(line) + 1
+        return
+    pos, i = _WS.match(text, 1).end(), 0
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            where = f"row {i} of the list (counting from 0, line {text.count(chr(10), 0, pos) + 1})"
+            try:
+                row, pos = _DECODER.raw_decode(text, pos)
+            except _BadValue as e:
+                e.where = where
+                raise
+            yield where, row
+            i += 1
+            pos = _WS.match(text, pos).end()
+            if text.startswith("]", pos):
+                pos += 1
+                break
+            if not text.startswith(",", pos):
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+            pos = _WS.match(text, pos + 1).end()
+    if _WS.match(text, pos).end() != len(text):
+        raise json.JSONDecodeError("Extra data", text, _WS.match(text, pos).end())
+
+
+def _find_bad_json(path: Path, answer_column: str | None = None) -> str | None:
+    """Where a JSON / JSON Lines file holds something that is not a row, as 'line N: reason', or None if all is well.
+
+    Checked before datasets reads the file: pyarrow crashes the process on a JSON Lines file whose first row is null,
+    and reads rows that are not objects as a "text" column or as rows of nulls."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # datasets skips a leading byte order mark too
     except UnicodeDecodeError as e:
-        return f"it is not UTF-8 text ({e})"
-    if text.lstrip().startswith("["):  # one JSON document (a list of rows)
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
-            return f"line {e.lineno} column {e.colno}: {e.msg}"
+        return f"it is not UTF-8 text ({e}); save it as UTF-8"
+    shape = "a .json/.jsonl file holds one JSON object per line, or one JSON list of objects"
+    try:
+        for where, row in _json_rows(text):
+            if not isinstance(row, dict):
+                return (f"{where}: a row must be a JSON object, got {json.dumps(row, ensure_ascii=False)[:40]} "
+                        f"({type(row).__name__}); {shape}")
+            value = row.get(answer_column)
+            if type(value) is int and not -_INT64 <= value < _INT64:
+                return (f"{where}: the answer {value} does not fit in 64 bits and would be read as an inexact "
+                        "float; write it as a string")
+    except json.JSONDecodeError as e:
+        snippet = e.doc.split("\n")[e.lineno - 1].strip()[:80] if e.doc else ""
+        return f"line {e.lineno} column {e.colno}: {e.msg} in {snippet!r}; fix that line ({shape})"
+    except _BadValue as e:
+        return f"{e.where}: {e}"
+    except RecursionError:
+        return "it nests JSON lists or objects too deeply to read"
+    return None
+
+
+def _find_bad_csv(path: Path) -> str | None:
+    """Where a CSV file has a row with more fields than its header (pandas would silently turn the extra leading
+    fields into an index and shift every value), as 'line N: reason', or None."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        return f"it is not UTF-8 text ({e}); save it as UTF-8"
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next((r for r in reader if r), None)
+        for r in reader:
+            if header is not None and len(r) > len(header):
+                return (f"line {reader.line_num}: {len(r)} fields, but the header has {len(header)}; "
+                        'quote a field that holds a comma ("a, b")')
+    except csv.Error:  # what the csv module cannot read, pandas judges below
         return None
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            return f"line {n}: {e.msg} in {line[:80]!r}"
-        if not isinstance(row, dict):
-            return f"line {n}: a row must be a JSON object, got {type(row).__name__}"
     return None
 
 
@@ -217,19 +309,24 @@ def _load_local(path: Path, ds: DatasetConfig) -> datasets.Dataset:
             raise ValueError(f"data source {ds.source!r}: unknown extension {path.suffix!r}; "
                              f"use one of {list(_FORMATS)}")
         files = [path]
+    fmt = _FORMATS[files[0].suffix]
     for f in files:
         if f.stat().st_size == 0 or (f.stat().st_size < 64 and f.suffix != ".parquet" and not f.read_bytes().strip()):
             raise ValueError(f"data source {ds.source!r}: {f} is empty; give a file with rows")
-    fmt = _FORMATS[files[0].suffix]
+        # say which file, which line and why, before datasets parses it (its errors name neither; some inputs crash it)
+        if fmt == "json" and (bad := _find_bad_json(f, ds.answer_column)):
+            raise ValueError(f"data source {ds.source!r}: malformed JSON in {f}, {bad}")
+        if fmt == "csv" and (bad := _find_bad_csv(f)):
+            raise ValueError(f"data source {ds.source!r}: malformed CSV in {f}, {bad}")
     try:
         raw = datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
-    except Exception as e:  # datasets wraps parse errors deeply: say which file, which line, and why
-        where = None
-        if fmt == "json":
-            where = next(((f, bad) for f in files if (bad := _find_bad_json(f))), None)
-        if where is not None:
-            raise ValueError(f"data source {ds.source!r}: malformed JSON in {where[0]}, {where[1]}") from e
-        raise ValueError(f"data source {ds.source!r} could not be read as {fmt}: {_root_cause(e)}") from e
+    except Exception as e:  # datasets wraps parse errors deeply: say which file and why
+        cause = _root_cause(e)
+        if "corresponds to no data" in cause:
+            raise ValueError(f"data source {ds.source!r} has no rows (or its rows have no fields); give a file with "
+                             "rows") from e
+        raise ValueError(f"data source {ds.source!r} could not be read as {fmt}: {cause}; fix the file (its "
+                         f"extension, {files[0].suffix}, says it is {fmt})") from e
     if len(raw) == 0:
         raise ValueError(f"data source {ds.source!r} has no rows; give a file with rows")
     return raw
@@ -275,6 +372,10 @@ def _template_columns(template: str) -> list[str]:
         if root not in cols:
             cols.append(root)
     return cols
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _answer_text(value) -> str:
@@ -324,23 +425,23 @@ def load_dataset_rows(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
     for i in range(len(raw)):
         row = {c: v[i] for c, v in values.items()}
         for c, v in row.items():
-            if v is None:
-                present = [k for k, x in raw[i].items() if x is not None]
+            if _missing(v):  # JSON null, an empty CSV cell, NaN
+                present = [k for k, x in raw[i].items() if not _missing(x)]
                 role = "answer_column" if c == ds.answer_column and c not in needed else "prompt_template"
                 raise ValueError(
-                    f"data source {ds.source!r}: row {i} has no {c!r} (used by {role}); that row has columns "
-                    f"{present}; fix the row or the {role}"
+                    f"data source {ds.source!r}: row {i} (counting from 0) has no {c!r} (used by {role}); that row "
+                    f"has columns {present}; fix the row or the {role}"
                 )
         try:
             text = ds.prompt_template.format(**row)
         except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
             raise ValueError(f"data source {ds.source!r}: prompt_template {ds.prompt_template!r} failed on row {i} "
-                             f"({type(e).__name__}: {e}); the row has columns {columns}") from e
+                             f"({type(e).__name__}: {e}); the row has columns {columns}; fix prompt_template") from e
         answer = _answer_text(row[ds.answer_column])
         if ds.answer_after is not None:
             if ds.answer_after not in answer:
                 raise ValueError(f"data source {ds.source!r}: row {i}'s {ds.answer_column!r} has no answer_after "
-                                 f"marker {ds.answer_after!r}: {answer[-80:]!r}")
+                                 f"marker {ds.answer_after!r}: {answer[-80:]!r}; fix the row or answer_after")
             answer = answer.rsplit(ds.answer_after, 1)[1].strip()
         prompts.append(text + data.instruction)
         answers.append(_normalize_number(answer))
@@ -355,16 +456,25 @@ def load_dataset_rows(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
 
 def render_prompts(tokenizer, user_texts: list[str], system_prompt: str | None) -> list[list[int]]:
     """Token ids of each user text wrapped in the tokenizer's chat template, ready for the assistant's turn."""
+    name = getattr(tokenizer, "name_or_path", "") or "the model"
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
-            "the tokenizer has no chat template; set one (tokenizer.chat_template, or chat_template in the model "
-            "folder's tokenizer_config.json / chat_template.jinja) or use an instruct model that has one"
+            f"the tokenizer of {name} has no chat template; set one (add chat_template.jinja, or chat_template in "
+            "tokenizer_config.json, to the model.path folder, or set tokenizer.chat_template) or use an instruct "
+            "model that has one"
         )
     if not user_texts:
         return []
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
     conversations = [head + [{"role": "user", "content": t}] for t in user_texts]
-    texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=True)
+    try:
+        texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # a Jinja syntax error, or the template's own raise_exception(...)
+        hint = " or unset data.system_prompt (some templates take no system message)" if system_prompt else ""
+        raise ValueError(
+            f"the chat template of {name} failed ({type(e).__name__}: {e}); fix the template (chat_template.jinja "
+            f"or chat_template in tokenizer_config.json in the model.path folder){hint}"
+        ) from e
     # the template writes the special tokens itself, as apply_chat_template(tokenize=True) does
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 

@@ -11,7 +11,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray
 import torch
 from transformers import AutoModelForCausalLM, get_scheduler
 
@@ -57,6 +56,7 @@ class Learner:
         total_steps: int,
         max_response_tokens: int,
         seed: int = 0,
+        ref_model_path: str | None = None,
     ):
         torch.manual_seed(seed)
         torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
@@ -71,7 +71,8 @@ class Learner:
             self.model.gradient_checkpointing_enable()
         self.ref_model = None
         if kl.coef > 0:  # the reference policy is loaded only when a KL term uses it
-            self.ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+            ref = ref_model_path or model_path  # on resume the policy comes from the checkpoint, the reference not
+            self.ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype).to(self.device).eval()
             self.ref_model.requires_grad_(False)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
@@ -202,19 +203,36 @@ class Learner:
             for k, v in self.model.state_dict().items()
         }
 
+    def nonfinite_parameters(self) -> list[str]:
+        return [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+
     def save(self, folder: str) -> None:
-        """A save_pretrained safetensors folder (loadable anywhere) plus optimizer and scheduler state."""
+        """A save_pretrained safetensors folder (loadable anywhere) plus optimizer, scheduler and RNG state.
+        Refuses to write non-finite weights."""
+        bad = self.nonfinite_parameters()
+        if bad:
+            raise FloatingPointError(f"the policy has non-finite weights ({bad[:3]}...); not writing a checkpoint")
         path = Path(folder)
         self.model.save_pretrained(path / "model", safe_serialization=True)
-        torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-            path / "optimizer.pt",
-        )
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(state, path / "learner_state.pt")
 
-
-@ray.remote
-class LearnerActor(Learner):
-    """The learner as a Ray actor; every method of Learner is callable with .remote()."""
+    def load_state(self, folder: str) -> None:
+        """Optimizer, scheduler and RNG state from a checkpoint (the weights were loaded from its model/ folder).
+        Tensors only: `weights_only=True` never unpickles code from the file."""
+        state = torch.load(Path(folder) / "learner_state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def ready(self) -> bool:
         return True

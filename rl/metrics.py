@@ -9,14 +9,18 @@ from pathlib import Path
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, cfg, run_name: str, config_dict: dict | None = None):
+    def __init__(self, run_dir: Path, cfg, run_name: str, config_dict: dict | None = None,
+                 resume_step: int | None = None):
+        """`resume_step`: the run continues after this step; TensorBoard drops what a crashed attempt logged later
+        (metrics.jsonl is cut back by the trainer)."""
         self.path = run_dir / "metrics.jsonl"
         self.file = open(self.path, "a", encoding="utf-8")
         self.tb = self.wandb = self.mlflow = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            purge = resume_step + 1 if resume_step is not None else None
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         if cfg.wandb:
             import wandb  # an ImportError here names the missing package
 

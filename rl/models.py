@@ -9,7 +9,9 @@ learner (transformers) and the rollout engines (vLLM) load.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,16 +26,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RLVR_CACHE", Path.home() / ".cache" / "rlvr"))
 
 
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")  # "name" or "org/name"
+# files that hold a tokenizer's vocabulary (tokenizer_config.json alone does not)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "*.tiktoken", "spiece.model")
+
+
 def resolve_model_path(path: str) -> str:
     """Return a folder (or hub id) that `from_pretrained` and vLLM accept; convert an embedded model on first use."""
+    if not path.strip():
+        raise ValueError(f"model.path is empty; give a save_pretrained folder, a hub id or one of {list(EMBEDDED_MODELS)}")
     if path.lower() in EMBEDDED_MODELS:
         return str(materialize_embedded(path.lower()))
     p = Path(path).expanduser()
     if p.exists():
         check_model_folder(p)
         return str(p.resolve())
-    if path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model.path={path!r}: no such folder")
+    if path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(path) or ".." in path or "--" in path:
+        raise FileNotFoundError(
+            f"model.path={path!r}: no such folder (resolved to {p.absolute()}), and it is not a hub id (org/name); "
+            f"fix the path, or use one of {list(EMBEDDED_MODELS)}"
+        )
     return path  # a hub id; transformers and vLLM download it where a hub is reachable
 
 
@@ -41,12 +53,21 @@ def check_model_folder(folder: Path) -> None:
     """Fail early, with the fix, when a model folder cannot be loaded."""
     if not folder.is_dir():
         raise ValueError(f"model.path={str(folder)!r} is a file; give the folder written by save_pretrained")
-    if not (folder / "config.json").exists():
+    if not (folder / "config.json").is_file():
         raise ValueError(f"model.path={str(folder)!r} has no config.json; give a save_pretrained folder")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"model.path={str(folder)!r}: config.json cannot be read ({type(e).__name__}: {e}); "
+                         "save the model again with save_pretrained") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"model.path={str(folder)!r}: config.json is not a JSON object; save the model again with "
+                         "save_pretrained")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise ValueError(f"model.path={str(folder)!r} has no weights (*.safetensors); save the model with save_pretrained")
-    if not (folder / "tokenizer_config.json").exists() and not (folder / "tokenizer.json").exists():
-        raise ValueError(f"model.path={str(folder)!r} has no tokenizer; save the tokenizer into the same folder")
+    if not any(any(folder.glob(name)) for name in _TOKENIZER_FILES):
+        raise ValueError(f"model.path={str(folder)!r} has no tokenizer (none of {list(_TOKENIZER_FILES)}); save the "
+                         "tokenizer into the same folder (tokenizer.save_pretrained)")
 
 
 def materialize_embedded(name: str) -> Path:

@@ -8,26 +8,31 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import signal
 import sys
-from dataclasses import asdict
+import time
 from pathlib import Path
 
 import numpy as np
 import ray
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from rewards import RewardManager
+from rewards import RewardError, RewardManager
 from rewards.answers import math_verify_reward
 from rl.advantages import compute_advantages
 from rl.batch import Batch
-from rl.checkpoint import save_checkpoint
-from rl.config import Config, to_yaml
+from rl.checkpoint import (
+    CheckpointError, kill_point, latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state,
+)
+from rl.config import Config, ConfigError, config_changes, to_dict, to_yaml
 from rl.dapo import informative_groups, overlong_penalty
 from rl.data import PromptSampler, load_dataset_rows, prepare_prompts
 from rl.evaluate import evaluate, write_records
 from rl.kl import kl_penalized_rewards, kl_penalty
-from rl.learner import LearnerActor
+from rl.learner import Learner
 from rl.metrics import StepTimer, Tracker
 from rl.models import resolve_model_path
 from rollout.base import Sample
@@ -48,7 +53,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         # Everything that can fail on bad input happens before the cluster and the engines start.
-        self.rewards = RewardManager(cfg.rewards)  # imports user reward functions: a bad fn path fails first
+        self.resume_from = self._find_resume()  # a changed config is refused here
+        self.rewards = RewardManager(cfg.rewards, cfg.reward_policy)  # imports user reward functions
         self.model_path = resolve_model_path(cfg.model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -60,11 +66,96 @@ class Trainer:
             self.eval_sets[name] = (rows, prompts)
         self.has_answers = "answer" in self.train_rows.column_names
         self.sampler = PromptSampler(len(self.train_rows), cfg.data.seed, cfg.data.shuffle)
+        self.step, self.bad_steps, self.start_results, self._last_failure = 0, 0, None, ""
+        if self.resume_from is not None:
+            self._restore(load_trainer_state(self.resume_from))
+        self._check_disk()
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        self.tracker = Tracker(self.run_dir, cfg.logging, cfg.name, config_dict=asdict(cfg))
+        self._prepare_run_dir()
+        self.tracker = Tracker(self.run_dir, cfg.logging, cfg.name, config_dict=to_dict(cfg),
+                               resume_step=self.step if self.resume_from is not None else None)
         self._start_cluster()
+
+    # -- resume -------------------------------------------------------------------------------------------------
+    def _find_resume(self) -> Path | None:
+        """The checkpoint to continue from (resume=auto|none|PATH), its config checked against this one."""
+        cfg, ckpts = self.cfg, self.run_dir / "checkpoints"
+        own = latest_checkpoint(ckpts) if ckpts.is_dir() else None
+        if cfg.resume == "none":
+            if own is not None:
+                raise ConfigError(
+                    f"output_dir {str(self.run_dir)!r} already holds checkpoints of a run (latest: {own.name}); "
+                    "resume=auto continues it; to start over, choose another output_dir (or name), or delete the folder"
+                )
+            return None
+        if cfg.resume == "auto":
+            path = own
+        else:
+            given = Path(cfg.resume).expanduser()
+            path = latest_checkpoint(given / "checkpoints") if (given / "checkpoints").is_dir() else given
+            if path is None or not path.is_dir():
+                raise ConfigError(f"resume={cfg.resume!r}: no checkpoint there; give a checkpoints/step_N folder, "
+                                  "a run folder, auto or none")
+        if path is None:
+            return None
+        old = OmegaConf.to_container(OmegaConf.load(path / "config.yaml")) if (path / "config.yaml").exists() else {}
+        harmful, harmless = config_changes(old, to_dict(cfg))
+        if cfg.learner.optim.schedule != "constant":  # the schedule's length is part of the run then
+            harmful += [h for h in harmless if h.startswith("trainer.total_steps")]
+            harmless = [h for h in harmless if not h.startswith("trainer.total_steps")]
+        if harmful and not cfg.resume_force:
+            raise ConfigError(
+                f"resuming from {path} with a config that changes the run:\n  " + "\n  ".join(harmful) +
+                "\nundo these changes, set resume_force=true to resume anyway, or start a fresh run "
+                "(resume=none with another output_dir)"
+            )
+        for line in harmful:
+            print(f"[resume] forced despite: {line}", file=sys.stderr)
+        for line in harmless:
+            print(f"[resume] allowed change: {line}", file=sys.stderr)
+        print(f"[resume] continuing from {path}", file=sys.stderr, flush=True)
+        return path
+
+    def _restore(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.bad_steps = int(state.get("bad_steps", 0))
+        self.start_results = state.get("start_results")
+
+    def _check_disk(self) -> None:
+        """A checkpoint holds the weights and two Adam moments (about 3x the model in learner.dtype): fail now, not at
+        the first save, when the disk cannot hold even one."""
+        probe = self.run_dir if self.run_dir.exists() else next(p for p in self.run_dir.parents if p.exists())
+        model = Path(self.model_path)
+        weights = sum(f.stat().st_size for f in model.glob("*.safetensors")) if model.is_dir() else 0
+        need, free = 3 * weights, shutil.disk_usage(probe).free
+        if need > free:
+            raise CheckpointError(f"output_dir {str(self.run_dir)!r} has {free / 2**30:.1f} GiB free; a checkpoint needs "
+                                  f"about {need / 2**30:.1f} GiB; free space or put output_dir on another disk")
+
+    def _prepare_run_dir(self) -> None:
+        """Make the run folder and cut its logs back to the checkpoint being resumed (a fresh run keeps an earlier
+        attempt's logs in attempts/), so the logs read as one uninterrupted run."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"output_dir {str(self.run_dir)!r} is not writable ({e}); set output_dir to a folder "
+                              "you can write") from None
+        logs = [self.run_dir / n for n in ("metrics.jsonl", "rollouts.jsonl") if (self.run_dir / n).exists()]
+        if self.resume_from is None and logs:
+            keep = self.run_dir / "attempts" / time.strftime("%Y%m%d-%H%M%S")
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in logs + [p for p in (self.run_dir / "tensorboard", self.run_dir / "eval") if p.exists()]:
+                shutil.move(str(f), keep / f.name)
+            print(f"[run] earlier logs without a checkpoint moved to {keep}", file=sys.stderr)
+        elif self.resume_from is not None:
+            for f in logs:
+                _truncate_jsonl(f, self.step)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
 
     def _prepare(self, ds_cfg, key: str):
         rows = load_dataset_rows(ds_cfg, self.cfg.data)
@@ -91,39 +182,83 @@ class Trainer:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         # the rollout engines start first: on a GPU node they take their share of memory before the learner
         self.fleet = RolloutFleet(cfg.rollout, self.model_path, seed=cfg.seed)
-        self.learner = LearnerActor.options(num_cpus=cfg.learner.num_cpus, num_gpus=gpus).remote(
-            self.model_path, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl,
-            total_steps=cfg.trainer.total_steps, max_response_tokens=cfg.rollout.sampling.max_tokens, seed=cfg.seed,
+        policy = str(self.resume_from / "model") if self.resume_from is not None else self.model_path
+        self.learner = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus, num_gpus=gpus).remote(
+            policy, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl, total_steps=cfg.trainer.total_steps,
+            max_response_tokens=cfg.rollout.sampling.max_tokens, seed=cfg.seed, ref_model_path=self.model_path,
         )
         ray.get(self.learner.ready.remote())
+        self.fleet.weights_source = self._export_weights  # a replaced engine loads the learner's current weights
+        if self.resume_from is not None:
+            ray.get(self.learner.load_state.remote(str(self.resume_from)))
+            self.fleet.update_weights(self._export_weights())
+
+    def _export_weights(self) -> "ray.ObjectRef":
+        return self.learner.export_weights.remote(self.cfg.rollout.dtype)
 
     # -- one step, as the algorithm reads ---------------------------------------------------------------------
     def train(self) -> dict:
         cfg, t = self.cfg, self.cfg.trainer
         results: dict[str, dict] = {}
-        if t.eval_at_start:
-            results["start"] = self.evaluate(step=0)
-        progress = _progress(t.total_steps, enabled=cfg.logging.progress)
-        for step in range(1, t.total_steps + 1):
+        if self.step >= t.total_steps:
+            print(f"[run] already at step {self.step} of trainer.total_steps={t.total_steps}; raise it to train on",
+                  file=sys.stderr)
+            return json.loads((self.run_dir / "results.json").read_text()) if (self.run_dir / "results.json").exists() else {}
+        if self.step == 0 and t.eval_at_start:
+            self.start_results = self.evaluate(step=0)
+        if self.start_results is not None:
+            results["start"] = self.start_results
+        stop = _StopOnSignal()  # SIGTERM (pre-emption): finish the step, checkpoint, exit
+        progress = _progress(t.total_steps, initial=self.step, enabled=cfg.logging.progress)
+        for step in range(self.step + 1, t.total_steps + 1):
             timer = StepTimer()
             batch, metrics = self.collect_rollouts(step, timer)  # generate + score (+ dynamic sampling)
             with timer("advantage"):
                 metrics |= self.compute_advantages(batch)
+            kill_point("learn", step)
             with timer("learn"):
                 metrics |= {f"learner/{k}": v for k, v in ray.get(self.learner.update.remote(batch)).items()}
+            self._check_update(step, metrics)
             with timer("sync"):
-                self.fleet.update_weights(self.learner.export_weights.remote(cfg.rollout.dtype))
+                self.fleet.update_weights(self._export_weights())
             metrics |= timer.split()
+            metrics["rollout/engine_restarts"] = float(self.fleet.restarts)
+            self.step = step
             self.tracker.log(step, metrics)
             progress.update(step, metrics)
             if t.eval_every and step % t.eval_every == 0 and step != t.total_steps:
                 self.evaluate(step)
-            if (t.save_every and step % t.save_every == 0) or step == t.total_steps:
+            if (t.save_every and step % t.save_every == 0) or step == t.total_steps or stop.requested:
                 self.save(step)
+            if stop.requested:
+                print(f"[run] stopped by signal {stop.requested} after step {step}; checkpoint saved. Run the same "
+                      "command again to resume.", file=sys.stderr, flush=True)
+                raise SystemExit(143)
         progress.close()
+        stop.restore()
         results["end"] = self.evaluate(step=t.total_steps)
         self._report(results)
         return results
+
+    def _check_update(self, step: int, metrics: dict) -> None:
+        """A non-finite loss or gradient skips the update (in the learner); too many in a row stop the run."""
+        if metrics.get("learner/skipped_update", 0.0) > 0:
+            self.bad_steps += 1
+            print(f"[step {step}] non-finite loss or gradient: update skipped "
+                  f"({self.bad_steps} in a row, trainer.max_bad_steps={self.cfg.trainer.max_bad_steps})",
+                  file=sys.stderr, flush=True)
+        else:
+            self.bad_steps = 0
+        metrics["learner/bad_steps_in_a_row"] = float(self.bad_steps)
+        if self.bad_steps >= self.cfg.trainer.max_bad_steps:
+            ckpts = self.run_dir / "checkpoints"
+            last = latest_checkpoint(ckpts) if ckpts.is_dir() else None
+            raise FloatingPointError(
+                f"step {step}: {self.bad_steps} updates in a row had a non-finite loss or gradient "
+                f"(trainer.max_bad_steps={self.cfg.trainer.max_bad_steps}); stopping. The last checkpoint is "
+                f"{last or 'none'} (nothing was saved after the failures). Lower learner.optim.lr, keep "
+                "learner.optim.grad_clip on, or check the rewards for extreme values."
+            )
 
     def collect_rollouts(self, step: int, timer: StepTimer) -> tuple[Batch, dict]:
         """Sample prompts, generate n responses each, score them; with dynamic sampling, keep only groups whose
@@ -132,7 +267,7 @@ class Trainer:
         ds = cfg.algorithm.dynamic_sampling
         want = cfg.trainer.prompts_per_step
         groups: list[tuple[int, list[Sample], torch.Tensor, dict]] = []  # (row, samples, rewards, per-fn rewards)
-        tries = 0
+        tries, skipped, generated_count = 0, 0, 0
         while len(groups) < want and tries < (ds.max_tries if ds.enabled else 1):
             tries += 1
             rows = self.sampler.next_indices(want)
@@ -141,14 +276,27 @@ class Trainer:
                     [self.train_prompts[r] for r in rows], cfg.rollout.sampling,
                     [sample_seed(cfg.seed, step, r, tries) for r in rows],
                 )
+            generated_count += sum(len(g) for g in generated)
             with timer("reward"):
                 scored = self.score(rows, generated)
-            for r, samples, (total, per_fn) in zip(rows, generated, scored):
+            for r, samples, (total, per_fn, failed) in zip(rows, generated, scored):
+                skipped += int(failed.sum())
+                if failed.any():  # reward_policy.on_error=skip: these samples leave the loss (counted below)
+                    keep = torch.nonzero(~failed).flatten()
+                    samples, total = [samples[i] for i in keep], total[keep]
+                    per_fn = {k: v[keep] for k, v in per_fn.items()}
+                    if not samples:
+                        continue
                 one_group = torch.zeros(len(total), dtype=torch.long)
                 if ds.enabled and not informative_groups(total, one_group).any():
                     continue  # all rewards equal: zero advantage, no signal
                 groups.append((r, samples, total, per_fn))
         groups = groups[:want]
+        if skipped > cfg.reward_policy.max_skip_frac * generated_count:
+            raise RewardError(
+                f"step {step}: {skipped} of {generated_count} samples could not be scored (more than "
+                f"reward_policy.max_skip_frac={cfg.reward_policy.max_skip_frac}); first failure:\n" + self._last_failure
+            )
         if not groups:
             raise RuntimeError(
                 f"step {step}: dynamic sampling found no group with differing rewards in {tries} tries; "
@@ -162,27 +310,29 @@ class Trainer:
         batch.rewards = torch.cat([total for _, _, total, _ in groups])
         metrics = self._rollout_metrics(groups, samples, batch)
         metrics["dynamic_sampling/tries"] = float(tries)
+        metrics["reward/skipped_samples"] = float(skipped)
         self._write_rollouts(step, groups)
         return batch, metrics
 
-    def score(self, rows: list[int], generated: list[list[Sample]]) -> list[tuple[torch.Tensor, dict]]:
-        """All reward functions on all samples of the round at once; returned per group."""
+    def score(self, rows: list[int], generated: list[list[Sample]]) -> list[tuple[torch.Tensor, dict, torch.Tensor]]:
+        """All reward functions on all samples of the round at once; returned per group as (total, per function,
+        failed). A failure stops the run (reward_policy.on_error=fail) or marks the sample (skip)."""
         flat_rows = [r for r, g in zip(rows, generated) for _ in g]
         completions = [s.text for g in generated for s in g]
         columns = {c: [self.train_rows[r][c] for r in flat_rows] for c in self.train_rows.column_names if c != "prompt"}
         prompts = [self.train_rows[r]["prompt"] for r in flat_rows]
-        out = self.rewards(prompts, completions, columns)
-        bad = torch.nonzero(~torch.isfinite(out.total)).flatten()
-        if len(bad):
-            i = int(bad[0])
-            raise RuntimeError(
-                f"every reward function returned None/NaN for a sample (row {flat_rows[i]}):\n"
-                f"prompt: {prompts[i]!r}\ncompletion: {completions[i]!r}"
-            )
+        try:
+            out = self.rewards(prompts, completions, columns)
+        except RewardError as e:
+            raise RewardError(f"{e}\n(training row {flat_rows[0] if len(flat_rows) else '?'} onwards)") from None
+        for f in out.failures[:1]:
+            self._last_failure = self.rewards.describe(f, prompts, completions) + f" (training row {flat_rows[f.index or 0]})"
+            print(f"[reward] skipped {int(out.failed.sum())} samples; first: {self._last_failure}", file=sys.stderr)
         per_group, start = [], 0
         for g in generated:
             end = start + len(g)
-            per_group.append((out.total[start:end], {k: v[start:end] for k, v in out.per_function.items()}))
+            per_group.append((out.total[start:end], {k: v[start:end] for k, v in out.per_function.items()},
+                              out.failed[start:end]))
             start = end
         return per_group
 
@@ -252,7 +402,12 @@ class Trainer:
         return out
 
     def save(self, step: int) -> Path:
-        state = {"step": step, "sampler": self.sampler.state_dict(), "seed": self.cfg.seed, "data_stats": self.data_stats}
+        state = {
+            "step": step, "sampler": self.sampler.state_dict(), "rng": rng_state(), "bad_steps": self.bad_steps,
+            "start_results": self.start_results, "seed": self.cfg.seed, "data_stats": self.data_stats,
+            # rollouts need no engine state: prompt i of step s, try t is sampled with this seed on any engine
+            "rollout_seeds": "SeedSequence([seed, step, row, try])",
+        }
 
         def write(folder: Path) -> None:
             ray.get(self.learner.save.remote(str(folder)))
@@ -280,10 +435,10 @@ class Trainer:
 class _progress:
     """tqdm bar with the numbers a user watches: reward, accuracy, step time."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, initial: int, enabled: bool):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, desc="GRPO", disable=not enabled, dynamic_ncols=True)
+        self.bar = tqdm(total=total, initial=initial, desc="GRPO", disable=not enabled, dynamic_ncols=True)
 
     def update(self, step: int, m: dict) -> None:
         post = {"reward": f"{m['reward/mean']:.3f}", "step_s": f"{m['time/step']:.1f}"}
@@ -295,6 +450,41 @@ class _progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class _StopOnSignal:
+    """Turns SIGTERM (what schedulers send before pre-empting) into a request to stop at the end of the step."""
+
+    def __init__(self):
+        self.requested = None
+        self._old = signal.signal(signal.SIGTERM, self._handle) if _main_thread() else None
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _truncate_jsonl(path: Path, max_step: int) -> None:
+    """Keep the lines logged up to `max_step` (the resumed checkpoint); later ones are redone by the resumed run."""
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= max_step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut by the crash
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    tmp.replace(path)
 
 
 def train(cfg: Config) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import ray
 import torch
@@ -25,6 +26,7 @@ class RolloutConfig:
     num_cpus_per_engine: float = 0.5  # Ray scheduling; threads are set by num_threads
     num_gpus_per_engine: float | None = None  # None: 1 when the cluster has GPUs, else 0
     num_threads: int | None = None  # CPU threads of each engine; None: all cores of its node
+    max_engine_restarts: int = 3  # replacements of dead engines within one generate/sync call before giving up
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=1, temperature=0.0, max_tokens=256))
 
@@ -52,45 +54,83 @@ class RolloutActor:
 
 
 class RolloutFleet:
+    """Engine actors that share the prompts of a call. An engine that dies (OOM, a lost node, a killed process) is
+    replaced, loaded with the current weights, and given its unfinished prompts again; seeds are per prompt, so the
+    redone samples are the ones the dead engine would have returned, and none is lost or counted twice."""
+
     def __init__(self, cfg: RolloutConfig, model_path: str, seed: int = 0):
         if cfg.engine not in ENGINES:
             raise ValueError(f"rollout.engine={cfg.engine!r}; choose one of {sorted(ENGINES)}")
+        self.cfg, self.model_path = cfg, model_path
         gpus = cfg.num_gpus_per_engine
         if gpus is None:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         env = {} if gpus else cpu_env(cfg.num_threads, cfg.kv_cache_gib)
-        kwargs = dict(dtype=cfg.dtype)
+        self.options = dict(num_cpus=cfg.num_cpus_per_engine, num_gpus=gpus, runtime_env={"env_vars": env})
+        self.kwargs = dict(dtype=cfg.dtype)
         if cfg.engine == "vllm":
-            kwargs.update(
+            self.kwargs.update(
                 max_model_len=cfg.max_model_len,
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 enforce_eager=cfg.enforce_eager,
                 seed=seed,
             )
-        self.actors = [
-            RolloutActor.options(num_cpus=cfg.num_cpus_per_engine, num_gpus=gpus, runtime_env={"env_vars": env}).remote(
-                cfg.engine, model_path, kwargs
-            )
-            for _ in range(cfg.num_engines)
-        ]
+        # where a replacement engine gets the current weights (the trainer points it at the learner); None: the
+        # replacement keeps the weights of model_path
+        self.weights_source: Callable[[], ray.ObjectRef] | None = None
+        self.restarts = 0  # engines replaced so far in this run
+        self.actors = [self._start() for _ in range(cfg.num_engines)]
         ray.get([a.ready.remote() for a in self.actors])
 
+    def _start(self):
+        return RolloutActor.options(**self.options).remote(self.cfg.engine, self.model_path, self.kwargs)
+
+    def _replace(self, i: int, error: Exception) -> None:
+        if self._restarts_this_call >= self.cfg.max_engine_restarts:
+            raise RuntimeError(
+                f"rollout engine {i} died and {self._restarts_this_call} replacements in this call died too "
+                f"(rollout.max_engine_restarts={self.cfg.max_engine_restarts}); last error: {error}"
+            ) from error
+        self._restarts_this_call += 1
+        self.restarts += 1
+        print(f"[rollout] engine {i} died ({type(error).__name__}); starting a replacement", flush=True)
+        ray.kill(self.actors[i], no_restart=True)
+        actor = self._start()
+        ray.get(actor.ready.remote())
+        if self.weights_source is not None:
+            ray.get(actor.update_weights.remote(self.weights_source()))
+        self.actors[i] = actor
+
+    def _on_all(self, method: str, shards: list[tuple]) -> list:
+        """actor i runs `method(*shards[i])` (None: nothing for it); dead engines are replaced and their shard redone."""
+        self._restarts_this_call = 0
+        futures = {i: getattr(self.actors[i], method).remote(*args) for i, args in enumerate(shards) if args is not None}
+        results = {}
+        while futures:
+            for i, future in list(futures.items()):
+                try:
+                    results[i] = ray.get(future)
+                    del futures[i]
+                except ray.exceptions.RayActorError as e:
+                    self._replace(i, e)
+                    futures[i] = getattr(self.actors[i], method).remote(*shards[i])
+        return [results[i] for i in sorted(results)]
+
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
-        """Contiguous shards, one per engine; results come back in prompt order."""
+        """Contiguous shards, one per engine; results come back in prompt order, one group per prompt."""
         k = len(self.actors)
         bounds = [round(i * len(prompts) / k) for i in range(k + 1)]
-        futures = [
-            actor.generate.remote(prompts[lo:hi], sampling, seeds[lo:hi])
-            for actor, lo, hi in zip(self.actors, bounds, bounds[1:])
-            if hi > lo
-        ]
-        return [group for shard in ray.get(futures) for group in shard]
+        shards = [(prompts[lo:hi], sampling, seeds[lo:hi]) if hi > lo else None for lo, hi in zip(bounds, bounds[1:])]
+        groups = [group for shard in self._on_all("generate", shards) for group in shard]
+        if len(groups) != len(prompts):  # cannot happen unless an engine breaks its contract; never train on it
+            raise RuntimeError(f"the rollout fleet returned {len(groups)} groups for {len(prompts)} prompts")
+        return groups
 
     def update_weights(self, state_dict_ref: "ray.ObjectRef | dict[str, torch.Tensor]") -> None:
         """Every engine loads the same weights; pass an ObjectRef so the tensors cross the object store once."""
         if not isinstance(state_dict_ref, ray.ObjectRef):
             state_dict_ref = ray.put(state_dict_ref)
-        ray.get([a.update_weights.remote(state_dict_ref) for a in self.actors])
+        self._on_all("update_weights", [(state_dict_ref,)] * len(self.actors))
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -29,3 +29,17 @@ def length_parity(prompts, completions, **kwargs):
 def returns(prompts, completions, values=None, **kwargs):
     """Returns `values` as they are (for the checks on what a reward returns)."""
     return values
+
+
+def hangs(prompts, completions, seconds: float = 30.0, **kwargs):
+    import time
+
+    time.sleep(seconds)
+    return [1.0] * len(completions)
+
+
+def fails_on(prompts, completions, bad: str = "b", **kwargs):
+    """Raises when it meets the completion `bad`: a bug that only some samples trigger."""
+    if bad in completions:
+        raise KeyError(f"cannot score {bad!r}")
+    return [1.0] * len(completions)

@@ -6,13 +6,14 @@ import math
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-from rewards import REWARDS, RewardManager, RewardSpec, answers_match, extract_answer, load_reward
+from rewards import REWARDS, RewardError, RewardManager, RewardPolicyConfig, RewardSpec, answers_match, extract_answer, load_reward
 from rewards.answers import format_reward, math_verify_reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,11 +124,18 @@ def test_weighted_sum_skips_none_like_trl():
     m = RewardManager([RewardSpec(fn="tests.reward_fixtures:half_none", weight=2.0),
                        RewardSpec(fn="tests.reward_fixtures:constant", weight=0.5, kwargs={"value": 1.0})])
     out = m(["p"] * 4, ["a", "b", "c", "d"], {})
-    assert out.total.tolist() == [2.5, 0.5, 2.5, 0.5]
+    assert out.total.tolist() == [2.5, 0.5, 2.5, 0.5] and not out.failed.any()
     assert out.total.dtype == out.per_function["half_none"].dtype == torch.float32
     assert math.isnan(out.per_function["half_none"][1]) and out.per_function["constant"].tolist() == [1.0] * 4
-    only_none = RewardManager([RewardSpec(fn="tests.reward_fixtures:half_none")])(["p"] * 2, ["a", "b"], {})
-    assert only_none.total[0] == 1.0 and math.isnan(only_none.total[1])
+
+
+def test_a_sample_no_reward_scores_is_an_error_or_skipped_never_zero():
+    only_none = [RewardSpec(fn="tests.reward_fixtures:half_none")]
+    with pytest.raises(RewardError, match="every reward function returned None") as e:
+        RewardManager(only_none)(["p"] * 2, ["a", "b"], {})
+    assert "completion: 'b'" in str(e.value) and "reward_policy.on_error=skip" in str(e.value)
+    out = RewardManager(only_none, RewardPolicyConfig(on_error="skip"))(["p"] * 2, ["a", "b"], {})
+    assert out.total[0] == 1.0 and math.isnan(out.total[1]) and out.failed.tolist() == [False, True]
 
 
 def test_columns_reach_the_reward():
@@ -140,20 +148,41 @@ def test_bools_count_as_numbers_like_in_trl():
     assert m(["p"] * 3, ["a", "b", "c"], {}).total.tolist() == [1.0, 0.0, 0.5]
 
 
-@pytest.mark.parametrize("fn, kwargs, words", [
-    ("wrong_length", {}, "returned 1 values for 3 completions"),
-    ("raises", {}, "ZeroDivisionError"),
-    ("returns", {"values": [1.0, "1.0", 0.0]}, "returned '1.0' (a str) for sample 1"),
-    ("returns", {"values": [1.0, float("inf"), 0.0]}, "returned inf for sample 1"),
-    ("returns", {"values": None}, "returned NoneType"),
-])
-def test_broken_rewards_are_named(fn, kwargs, words):
-    m = RewardManager([RewardSpec(name="format"), RewardSpec(fn=f"tests.reward_fixtures:{fn}", kwargs=kwargs)])
-    with pytest.raises(RuntimeError) as e:
+BROKEN = [
+    ("wrong_length", {}, "returned 1 values for 3 completions", [True, True, True]),
+    ("raises", {}, "ZeroDivisionError: boom", [True, True, True]),
+    ("fails_on", {"bad": "b"}, "KeyError: \"cannot score 'b'\"", [False, True, False]),  # found sample by sample
+    ("returns", {"values": [1.0, "1.0", 0.0]}, "returned '1.0' (a str) for sample 1", [False, True, False]),
+    ("returns", {"values": [1.0, float("inf"), 0.0]}, "returned inf for sample 1", [False, True, False]),
+    ("returns", {"values": [float("nan"), 1.0, 0.0]}, "returned nan for sample 0", [True, False, False]),
+    ("returns", {"values": None}, "returned NoneType", [True, True, True]),
+    ("hangs", {"seconds": 5.0}, "did not return within 0.5 s (reward_policy.timeout_s)", [True, True, True]),
+]
+
+
+@pytest.mark.parametrize("fn, kwargs, words, failed", BROKEN)
+def test_broken_rewards_stop_the_run_with_the_sample_and_traceback(fn, kwargs, words, failed):
+    m = RewardManager([RewardSpec(name="format"), RewardSpec(fn=f"tests.reward_fixtures:{fn}", kwargs=kwargs)],
+                      RewardPolicyConfig(timeout_s=0.5))
+    with pytest.raises(RewardError) as e:
         m(["p"] * 3, ["a", "b", "c"], {})
-    assert repr(fn) in str(e.value) and words in str(e.value)
-    if fn == "raises":
-        assert isinstance(e.value.__cause__, ZeroDivisionError)
+    msg = str(e.value)
+    assert f"reward {fn!r} failed" in msg and words in msg and "prompt: 'p'" in msg and "completion: '" in msg
+    if fn in ("raises", "fails_on"):
+        assert "Traceback" in msg and "reward_fixtures.py" in msg  # where in the user's code it broke
+
+
+@pytest.mark.parametrize("fn, kwargs, words, failed", BROKEN)
+def test_broken_rewards_skip_only_the_samples_they_fail_on(fn, kwargs, words, failed):
+    m = RewardManager([RewardSpec(name="format"), RewardSpec(fn=f"tests.reward_fixtures:{fn}", kwargs=kwargs)],
+                      RewardPolicyConfig(on_error="skip", timeout_s=0.5))
+    t0 = time.perf_counter()
+    out = m(["p"] * 3, ["a", "b", "c"], {})
+    assert time.perf_counter() - t0 < 3.0  # a hanging reward is abandoned at the timeout
+    assert out.failed.tolist() == failed and all(words in f.reason for f in out.failures)
+    assert out.total.isnan().tolist() == failed  # never a silent zero
+    ok = ~out.failed
+    assert (out.total[ok] == out.per_function["format"][ok] + out.per_function[fn][ok].nan_to_num(0.0)).all()
 
 
 def test_math_verify_is_thread_safe():

@@ -1,0 +1,95 @@
+"""Run `rlvr train` in a child process, kill it (SIGKILL to its whole process group, as a pre-empted node dies),
+resume it, and compare two runs: shared by tests/test_resume.py and benchmarks/resume_fuzz.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(model_path: str, output_dir: Path, steps: int = 4) -> list[str]:
+    """A run of the quickstart recipe small enough for CI: tiny model, 3 prompts x 4 samples, a checkpoint per step."""
+    return [
+        f"model.path={model_path}", f"output_dir={output_dir}", f"trainer.total_steps={steps}",
+        "trainer.prompts_per_step=3", "trainer.save_every=1", "trainer.keep_checkpoints=2",
+        "rollout.sampling.n=4", "rollout.sampling.max_tokens=12", "rollout.eval_sampling.max_tokens=8",
+        "rollout.kv_cache_gib=1", "learner.micro_batch_size=6", "learner.optim.lr=1e-3",
+        "data.arithmetic.num_train=40", "data.arithmetic.num_eval=4", "eval_sets={}",
+        "rewards=[{name: math_verify}, {fn: 'tests.reward_fixtures:length_parity', weight: 0.5}]",
+        "logging.progress=false", "logging.tensorboard=false", "ray.num_cpus=2",
+    ]
+
+
+def run_training(overrides: list[str], kill_at: str | None = None, kill_after: float | None = None,
+                 log: Path | None = None, timeout: float = 900) -> int:
+    """`rlvr train recipes/quickstart.yaml ...` in its own process group. kill_at: a named kill point
+    ("checkpoint_tmp:2", "learn:3", ...: the process SIGKILLs itself there); kill_after: SIGKILL the whole group after
+    that many seconds. Returns the exit code (-9 when killed); the whole group is killed at the end in any case."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
+    env.pop("RLVR_KILL_AT", None)
+    if kill_at:
+        env["RLVR_KILL_AT"] = kill_at
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "rl.cli", "train", "recipes/quickstart.yaml", *overrides],
+                            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        code = proc.wait(timeout=kill_after if kill_after is not None else timeout)
+    except subprocess.TimeoutExpired:
+        if kill_after is None:
+            raise
+        code = -9
+    finally:
+        _kill_group(proc.pid)
+        proc.wait()
+        if log:
+            out.close()
+    return code
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    time.sleep(0.5)
+
+
+def train_steps(run: Path) -> list[dict]:
+    """Per-step metrics of a run, wall-clock timings left out (they differ between any two runs)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def final_weights(run: Path) -> dict:
+    folder = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip() / "model"
+    return load_file(str(folder / "model.safetensors"))
+
+
+def compare_runs(a: Path, b: Path) -> list[str]:
+    """What differs between two finished runs (empty when the resumed one equals the uninterrupted one)."""
+    diffs = []
+    wa, wb = final_weights(a), final_weights(b)
+    if wa.keys() != wb.keys():
+        diffs.append("different weight names")
+    diffs += [f"weights {k} differ" for k in wa if k in wb and not wa[k].equal(wb[k])]
+    ma, mb = train_steps(a), train_steps(b)
+    if ma != mb:
+        diffs.append(f"metrics differ (steps {[r['step'] for r in ma]} vs {[r['step'] for r in mb]})")
+        for ra, rb in zip(ma, mb):
+            keys = sorted(k for k in set(ra) | set(rb) if ra.get(k) != rb.get(k))
+            if keys:
+                diffs.append(f"  first difference at step {ra.get('step')}: {keys[:5]}")
+                break
+    ra, rb = (json.loads((r / "results.json").read_text()) for r in (a, b))
+    if ra != rb:
+        diffs.append("results.json differ")
+    return diffs
