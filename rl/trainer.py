@@ -44,6 +44,18 @@ def sample_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
+def ray_init_kwargs(rc) -> dict:
+    """ray.init arguments: the dashboard is off unless asked for, and then listens on ray.dashboard_host (loopback)."""
+    return dict(
+        address=rc.address,
+        num_cpus=rc.num_cpus if rc.address is None else None,
+        include_dashboard=rc.dashboard,
+        dashboard_host=rc.dashboard_host,
+        logging_level="WARNING",
+        log_to_driver=True,
+    )
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -169,14 +181,7 @@ class Trainer:
     def _start_cluster(self) -> None:
         cfg = self.cfg
         if not ray.is_initialized():
-            ray.init(
-                address=cfg.ray.address,
-                num_cpus=cfg.ray.num_cpus if cfg.ray.address is None else None,
-                include_dashboard=cfg.ray.dashboard,
-                dashboard_host=cfg.ray.dashboard_host,
-                logging_level="WARNING",
-                log_to_driver=True,
-            )
+            ray.init(**ray_init_kwargs(cfg.ray))
         gpus = cfg.learner.num_gpus
         if gpus is None:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0

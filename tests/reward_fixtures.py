@@ -43,3 +43,10 @@ def fails_on(prompts, completions, bad: str = "b", **kwargs):
     if bad in completions:
         raise KeyError(f"cannot score {bad!r}")
     return [1.0] * len(completions)
+
+
+def fails_on_odd_length(prompts, completions, **kwargs):
+    """A buggy reward: crashes on any batch that holds an odd-length completion."""
+    if any(len(c) % 2 for c in completions):
+        raise ValueError("odd length")
+    return [1.0] * len(completions)

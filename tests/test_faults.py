@@ -1,0 +1,170 @@
+"""Faults on the real stack: a rollout engine killed mid-step, rewards that crash, non-finite updates, an unwritable
+run folder, and what listens on the network."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+from rewards import RewardError
+from rl.config import ConfigError, load_config, to_yaml
+from rl.trainer import Trainer, ray_init_kwargs
+from rollout.base import SamplingConfig
+from rollout.fleet import RolloutConfig, RolloutFleet
+
+pytestmark = pytest.mark.integration
+
+TINY_RUN = [
+    "trainer.total_steps=1", "trainer.prompts_per_step=3", "trainer.eval_at_start=false", "rollout.sampling.n=4",
+    "rollout.sampling.max_tokens=12", "rollout.eval_sampling.max_tokens=4", "rollout.kv_cache_gib=1",
+    "learner.micro_batch_size=12", "data.arithmetic.num_train=30", "data.arithmetic.num_eval=2", "eval_sets={}",
+    "logging.progress=false", "logging.tensorboard=false",
+]
+
+
+def _config(tiny_model_path, tmp_path, *extra):
+    return load_config("recipes/quickstart.yaml", [f"model.path={tiny_model_path}", f"output_dir={tmp_path}/run",
+                                                   *TINY_RUN, *extra])
+
+
+def test_a_killed_engine_is_replaced_resynced_and_its_prompts_redone(ray_cluster, tiny_model_path):
+    ray = ray_cluster
+    fleet = RolloutFleet(RolloutConfig(num_engines=2, dtype="float32", kv_cache_gib=1, max_model_len=256,
+                                       num_cpus_per_engine=0.25), tiny_model_path)
+    try:
+        from transformers import AutoModelForCausalLM
+
+        weights = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).state_dict()
+        changed = {k: v * 1.5 if "layers.0.mlp" in k else v for k, v in weights.items()}  # trained weights
+        fleet.update_weights(changed)
+        fleet.weights_source = lambda: ray.put(changed)  # what the trainer points at the learner
+        prompts = [[1, 504, 3458 + i, 28] for i in range(8)]
+        sampling = SamplingConfig(n=3, temperature=1.0, max_tokens=48)
+        seeds = list(range(100, 108))
+        reference = fleet.generate(prompts, sampling, seeds)
+
+        ray.kill(fleet.actors[1])  # dead before the call
+        again = fleet.generate(prompts, sampling, seeds)
+        assert fleet.restarts == 1
+
+        result = {}
+        call = threading.Thread(target=lambda: result.setdefault("groups", fleet.generate(prompts, sampling, seeds)))
+        call.start()
+        time.sleep(0.2)
+        ray.kill(fleet.actors[0])  # dies during the call
+        call.join()
+        assert fleet.restarts == 2
+        for groups in (again, result["groups"]):
+            assert len(groups) == len(prompts) and all(len(g) == 3 for g in groups)  # none lost, none doubled
+            assert [g[0].prompt_ids for g in groups] == prompts
+            # the replacement loaded the synced weights: the same tokens as before the kills
+            assert [[s.response_ids for s in g] for g in groups] == [[s.response_ids for s in g] for g in reference]
+
+        fleet.cfg.max_engine_restarts = 0
+        ray.kill(fleet.actors[0])
+        with pytest.raises(RuntimeError, match="rollout.max_engine_restarts=0"):
+            fleet.generate(prompts, sampling, seeds)
+    finally:
+        fleet.shutdown()
+
+
+def test_reward_failures_skip_or_stop_never_zero(ray_cluster, tiny_model_path, tmp_path):
+    bad = "rewards=[{name: math_verify}, {fn: 'tests.reward_fixtures:fails_on_odd_length'}]"
+    trainer = Trainer(_config(tiny_model_path, tmp_path / "skip", bad, "reward_policy.on_error=skip",
+                              "reward_policy.max_skip_frac=1.0"))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    run = tmp_path / "skip" / "run"
+    step = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "reward/mean" in line][0]
+    kept = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert step["reward/skipped_samples"] > 0 and step["reward/skipped_samples"] + len(kept) == 12  # all counted
+    assert all(len(r["completion"]) % 2 == 0 for r in kept)  # exactly the samples the reward failed on left
+
+    trainer = Trainer(_config(tiny_model_path, tmp_path / "fail", bad))
+    try:
+        with pytest.raises(RewardError) as e:
+            trainer.train()
+    finally:
+        trainer.close()
+    msg = str(e.value)
+    assert "fails_on_odd_length" in msg and "ValueError: odd length" in msg and "Traceback" in msg
+    assert "prompt:" in msg and "completion:" in msg and "training row" in msg
+
+
+def test_non_finite_updates_are_skipped_then_the_run_stops(ray_cluster, tiny_model_path, tmp_path):
+    # a KL coefficient that overflows float32 makes every loss inf * 0 = NaN: the kind of blow-up a bad lr gives
+    cfg = _config(tiny_model_path, tmp_path, "algorithm.kl.coef=1e39", "trainer.total_steps=5",
+                  "trainer.max_bad_steps=2", "trainer.save_every=1")
+    trainer = Trainer(cfg)
+    try:
+        before = ray_cluster.get(trainer.learner.export_weights.remote())
+        with pytest.raises(FloatingPointError, match=r"2 updates in a row had a non-finite.*trainer.max_bad_steps=2"):
+            trainer.train()
+        after = ray_cluster.get(trainer.learner.export_weights.remote())
+    finally:
+        trainer.close()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no NaN reached the weights
+    run = tmp_path / "run"
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [s["learner/skipped_update"] for s in steps] == [1.0]  # step 2 stopped before it was logged
+    assert [p.name for p in (run / "checkpoints").glob("step_*")] == ["step_000001"]
+
+
+def test_learner_never_saves_non_finite_weights(tiny_model_path, tmp_path):
+    from rl.kl import KLConfig
+    from rl.learner import Learner, LearnerConfig
+    from rl.losses import PolicyLossConfig
+
+    learner = Learner(tiny_model_path, LearnerConfig(), PolicyLossConfig(), KLConfig(), total_steps=1,
+                      max_response_tokens=8)
+    with torch.no_grad():
+        next(learner.model.parameters())[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite weights"):
+        learner.save(str(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unwritable_run_folder_is_refused_before_anything_starts(tiny_model_path, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cfg = _config(tiny_model_path, tmp_path, f"output_dir={blocker}/run")
+    with pytest.raises(ConfigError, match="is not writable.*set output_dir"):
+        Trainer(cfg)
+
+
+def test_secrets_stay_out_of_saved_configs():
+    cfg = load_config("recipes/quickstart.yaml", [
+        "rewards=[{fn: 'tests.reward_fixtures:constant', kwargs: {api_key: sk-SECRET1, hf_token: SECRET2, value: 1}}]"])
+    text = to_yaml(cfg)
+    assert "SECRET" not in text and "api_key: '***'" in text and "value: 1" in text
+    assert "max_tokens: 96" in text  # "tokens" is not a secret
+
+
+def test_ray_dashboard_is_off_or_on_loopback(tmp_path):
+    from rl.config import RayConfig
+
+    assert ray_init_kwargs(RayConfig()) | {} == ray_init_kwargs(RayConfig()) and not RayConfig().dashboard
+    kwargs = ray_init_kwargs(RayConfig(dashboard=True, num_cpus=1))
+    assert kwargs["dashboard_host"] == "127.0.0.1"
+    import subprocess
+    import sys
+
+    code = (
+        "import ray, psutil, json, sys\n"
+        f"ray.init(**{kwargs!r})\n"
+        "url = ray.get_runtime_context().get_node_id() and ray._private.worker.global_worker.node.address_info"
+        ".get('webui_url')\n"
+        "port = int(url.rsplit(':', 1)[1])\n"
+        "hosts = sorted({c.laddr.ip for c in psutil.net_connections('inet') if c.status == 'LISTEN' "
+        "and c.laddr.port == port})\n"
+        "print(json.dumps({'url': url, 'hosts': hosts})); ray.shutdown()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["url"].startswith("127.0.0.1:") and info["hosts"] == ["127.0.0.1"], info
