@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+import yaml
 from omegaconf.errors import OmegaConfBaseException
 
 from rewards import REWARDS, RewardPolicyConfig, RewardSpec
 from rl.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig
-from rl.data import DataConfig, DatasetConfig
+from rl.data import DataConfig, DatasetConfig, check_dataset_config, check_prompt_limits
 from rl.kl import KL_ESTIMATORS, KLConfig
 from rl.learner import LearnerConfig
 from rl.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig
@@ -102,25 +103,119 @@ class Config:
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- recipe YAML <- `key=value` overrides; unknown keys and wrong types fail here, by name."""
-    try:
-        cfg = OmegaConf.structured(Config)
-        if recipe is not None:
-            path = Path(recipe)
-            if not path.exists():
-                raise ConfigError(f"recipe {str(path)!r} does not exist")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        obj: Config = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        raise ConfigError(f"bad config{f' at {key!r}' if key else ''}: {e.msg if hasattr(e, 'msg') else e}") from None
+    """Defaults <- recipe YAML <- `key=value` overrides; unknown keys and wrong types fail here, by name.
+
+    Every problem becomes one ConfigError that names the recipe file or the override, and the key.
+    `rewards[0].weight=2` sets one field of a list item."""
+    cfg = OmegaConf.structured(Config)
+    if recipe is not None:
+        path = Path(recipe)
+        for key, value in _read_recipe(path).items():
+            cfg = _merge(cfg, {key: value}, f"recipe {str(path)!r}")
+    for item in overrides or []:
+        key, eq, text = (part.strip() for part in item.partition("="))
+        where = f"override {item!r}"
+        if not eq or not key:
+            raise ConfigError(f"{where} is not of the form key=value (e.g. trainer.total_steps=10)")
+        try:
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"_={text}"]))["_"]  # YAML, as OmegaConf reads it
+        except Exception as e:  # noqa: BLE001 -- any YAML problem of the value
+            raise ConfigError(f"{where}: the value is not valid YAML ({_first_line(e)}); quote it") from None
+        if "[" in key:  # one field of a list item, e.g. rewards[0].weight=2
+            cfg = cfg.copy()
+            try:
+                _call(lambda: OmegaConf.update(cfg, key, value, merge=True), where, key)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (an override sets a field of an existing item; to add items give the whole "
+                                  f"list, e.g. rewards=[{{name: math_verify}}, {{name: format, weight: 0.1}}])") from None
+        else:
+            cfg = _merge(cfg, _nest(key, value), where)
+    obj: Config = _call(lambda: OmegaConf.to_object(cfg), "config", _unresolvable(cfg) or "")
     validate(obj)
     return obj
+
+
+def _read_recipe(path: Path) -> dict:
+    """The recipe's top-level mapping, or a ConfigError naming the file and what to fix."""
+    where = f"recipe {str(path)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{where} {'is not a file' if path.exists() else 'does not exist'}; "
+                          "give the path of a YAML file (see recipes/)")
+    try:
+        tree = OmegaConf.to_container(OmegaConf.load(path))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except yaml.YAMLError as e:  # also a key given twice
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}; fix that line") from None
+    except (OSError, OmegaConfBaseException) as e:  # a scalar at the top, a null key
+        raise ConfigError(f"{where} is not a mapping of `key: value` lines ({_first_line(e)}); "
+                          "write it like the files in recipes/") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where} holds a {type(tree).__name__}, not a mapping of `key: value` lines; "
+                          "write it like the files in recipes/")
+    return tree
+
+
+def _merge(cfg, tree: dict, where: str):
+    """cfg merged with `tree`, or a ConfigError naming `where` and the key; for a list of sections (rewards), the
+    first item that is wrong."""
+    key, value = _path(cfg, tree)
+    try:
+        return _call(lambda: OmegaConf.merge(cfg, tree), where, key)
+    except ConfigError:
+        if isinstance(value, list) and isinstance(OmegaConf.select(cfg, key), ListConfig):
+            for i, item in enumerate(value):
+                _call(lambda: OmegaConf.merge(cfg, _nest(key, [item])), where, f"{key}[{i}]")
+        raise
+
+
+def _path(cfg, tree) -> tuple[str, object]:
+    """(dotted key, value) of `tree` down to where it leaves the config's sections or branches out:
+    ({'trainer': {'total_steps': 3}} -> 'trainer.total_steps')."""
+    keys: list[str] = []
+    while isinstance(tree, dict) and len(tree) == 1 and isinstance(OmegaConf.select(cfg, ".".join(keys)) if keys
+                                                                     else cfg, DictConfig):
+        key, tree = next(iter(tree.items()))
+        keys.append(str(key))
+    return ".".join(keys), tree
+
+
+def _nest(key: str, value) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _unresolvable(node, prefix: str = "") -> str | None:
+    """The first key whose value (an interpolation such as ${seed}) cannot be read, or None."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for k in keys:
+        key = f"{prefix}[{k}]" if isinstance(node, ListConfig) else f"{prefix}.{k}" if prefix else str(k)
+        try:
+            child = node[k]
+        except Exception:  # noqa: BLE001 -- whatever OmegaConf raises: this is the key to name
+            return key
+        if isinstance(child, (DictConfig, ListConfig)) and (bad := _unresolvable(child, key)):
+            return bad
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _call(fn, where: str, key: str = ""):
+    """fn(), with an OmegaConf or type error turned into a ConfigError naming `where` and the key."""
+    try:
+        return fn()
+    except (OmegaConfBaseException, TypeError, ValueError, KeyError, AttributeError) as e:
+        full = getattr(e, "full_key", None) or ""
+        name = full if full.split(".")[0].split("[")[0] == key.split(".")[0].split("[")[0] or not key else \
+            f"{key}.{full}" if full else key
+        msg = (getattr(e, "msg", None) or str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "incompatible container types" in msg:
+            msg = "a list given where a mapping of keys is expected, or the other way round"
+        raise ConfigError(f"bad {where}{f' at {name!r}' if name else ''}: {msg}") from None
 
 
 _SECRET = re.compile(r"(?:^|[_-])(?:(?:api|access|secret|private)[_-]?key|token|secret|password|passwd|credentials?)$",
@@ -204,6 +299,14 @@ def validate(cfg: Config) -> None:
            f"rollout.sampling.n=1 leaves every {alg.advantage.estimator} group with one sample (zero advantage); use n >= 2")
     _check(r.sampling.max_tokens >= 1, "rollout.sampling.max_tokens must be >= 1")
     _check(r.sampling.temperature >= 0, "rollout.sampling.temperature must be >= 0")
+    sets = {"data.train": cfg.data.train, "data.eval": cfg.data.eval, **{f"eval_sets.{k}": v for k, v in cfg.eval_sets.items()}}
+    try:
+        check_prompt_limits(cfg.data)
+        for key, ds in sets.items():
+            if ds is not None:
+                check_dataset_config(ds, key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _check(cfg.data.max_prompt_tokens + r.sampling.max_tokens <= r.max_model_len,
            f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + rollout.sampling.max_tokens "
            f"({r.sampling.max_tokens}) exceeds rollout.max_model_len ({r.max_model_len}); raise it or shorten one")

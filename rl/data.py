@@ -6,7 +6,9 @@ own columns, which reward functions receive as keyword arguments.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import hashlib
 import io
 import json
 import math
@@ -157,7 +159,7 @@ class DataConfig:
 
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-_OVERFLOW = ("drop", "truncate", "error")
+PROMPT_OVERFLOW = ("drop", "truncate", "error")
 
 
 def _root_cause(e: BaseException) -> str:
@@ -262,7 +264,7 @@ def _find_bad_json(path: Path, answer_column: str | None = None) -> str | None:
         text = path.read_text(encoding="utf-8-sig")  # datasets skips a leading byte order mark too
     except UnicodeDecodeError as e:
         return f"it is not UTF-8 text ({e}); save it as UTF-8"
-    shape = "a .json/.jsonl file holds one JSON object per line, or one JSON list of objects"
+    shape = "write one JSON object per line, or one JSON list of objects"
     try:
         for where, row in _json_rows(text):
             if not isinstance(row, dict):
@@ -278,7 +280,7 @@ def _find_bad_json(path: Path, answer_column: str | None = None) -> str | None:
     except _BadValue as e:
         return f"{e.where}: {e}"
     except RecursionError:
-        return "it nests JSON lists or objects too deeply to read"
+        return f"it nests JSON lists or objects too deeply to read; {shape}"
     return None
 
 
@@ -301,6 +303,37 @@ def _find_bad_csv(path: Path) -> str | None:
     return None
 
 
+def _is_json_list(path: Path) -> bool:
+    """Whether datasets reads the file as one JSON list: it starts with "[" (after a byte order mark)."""
+    with path.open("rb") as f:
+        return f.read(4).removeprefix(codecs.BOM_UTF8)[:1] == b"["
+
+
+def _as_json_lines(path: Path) -> Path:
+    """A JSON list of rows as JSON Lines, written once into the datasets cache. (datasets turns a list into lines with
+    pandas' ujson, which keeps 10 significant digits of a float: 3.14159265358979 would load as 3.1415926536.)"""
+    data = path.read_bytes()
+    name = f"{hashlib.sha256(data).hexdigest()[:32]}.jsonl"  # the same content, the same file: datasets' cache works
+    target = Path(datasets.config.HF_DATASETS_CACHE) / "rlvr-json-lines" / name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in json.loads(data.decode("utf-8-sig"))),
+                       encoding="utf-8")
+        os.replace(tmp, target)  # atomic: a crash leaves no half-written file under the final name
+    return target
+
+
+def _parquet_is_empty(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception:  # noqa: BLE001 -- not Parquet at all: datasets says why below
+        return False
+    return meta.num_rows == 0 or meta.num_columns == 0
+
+
 def _load_local(path: Path, ds: DatasetConfig) -> datasets.Dataset:
     if path.is_dir():
         files = _split_files(path, ds.split, ds.source)
@@ -318,6 +351,11 @@ def _load_local(path: Path, ds: DatasetConfig) -> datasets.Dataset:
             raise ValueError(f"data source {ds.source!r}: malformed JSON in {f}, {bad}")
         if fmt == "csv" and (bad := _find_bad_csv(f)):
             raise ValueError(f"data source {ds.source!r}: malformed CSV in {f}, {bad}")
+        if fmt == "parquet" and _parquet_is_empty(f):  # datasets says "BatchSize must be greater than 0" then
+            raise ValueError(f"data source {ds.source!r}: {f} has no rows (or its rows have no fields); give a file "
+                             "with rows")
+    if fmt == "json":
+        files = [_as_json_lines(f) if _is_json_list(f) else f for f in files]
     try:
         raw = datasets.load_dataset(fmt, data_files=[str(f) for f in files], split="train")
     except Exception as e:  # datasets wraps parse errors deeply: say which file and why
@@ -336,7 +374,11 @@ def _load_raw(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
     if ds.source == "arithmetic":
         problems = arithmetic_problems(data.arithmetic, ds.split)
         return datasets.Dataset.from_dict({k: [p[k] for p in problems] for k in ("question", "answer", "num_ops")})
-    path = Path(ds.source).expanduser()
+    try:
+        path = Path(ds.source).expanduser()
+    except RuntimeError:  # "~someone/..." for a user that does not exist here
+        raise FileNotFoundError(f"data source {ds.source!r}: {ds.source.split('/')[0]!r} is no user's home folder; "
+                                "fix the source path") from None
     if path.exists():
         return _load_local(path, ds)
     looks_local = (path.suffix in _FORMATS or ds.source.startswith((".", "/", "~"))
@@ -398,11 +440,25 @@ def _normalize_number(answer: str) -> str:
     return plain
 
 
+def check_dataset_config(ds: DatasetConfig, key: str = "") -> None:
+    """ValueError naming the key (e.g. data.train.limit) when a data set's settings cannot work."""
+    if ds.limit is not None and ds.limit < 1:
+        raise ValueError(f"{key + '.' if key else ''}limit={ds.limit} (data source {ds.source!r}); use a positive "
+                         "number of rows or null for all")
+
+
+def check_prompt_limits(data: DataConfig) -> None:
+    """ValueError naming the key when data.max_prompt_tokens / data.prompt_overflow cannot work."""
+    if data.prompt_overflow not in PROMPT_OVERFLOW:
+        raise ValueError(f"data.prompt_overflow={data.prompt_overflow!r}; choose one of {list(PROMPT_OVERFLOW)}")
+    if data.max_prompt_tokens < 1:
+        raise ValueError(f"data.max_prompt_tokens={data.max_prompt_tokens}; it must be >= 1")
+
+
 def load_dataset_rows(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
     """Rows with "prompt" (template filled + data.instruction) and "answer" (gold answer string), plus the source's
     own columns (a source column named "prompt" or "answer" is replaced)."""
-    if ds.limit is not None and ds.limit < 1:
-        raise ValueError(f"data source {ds.source!r}: limit={ds.limit}; use a positive number of rows or null for all")
+    check_dataset_config(ds)
     needed = _template_columns(ds.prompt_template)
     raw = _load_raw(ds, data)
     if ds.limit is not None and ds.limit < len(raw):
@@ -484,10 +540,7 @@ def prepare_prompts(
 ) -> tuple[datasets.Dataset, list[list[int]], dict]:
     """Tokenised chat prompts with data.max_prompt_tokens applied by data.prompt_overflow; returns the kept rows,
     their prompt ids and {"num_rows" (rows given), "num_dropped_too_long", "num_truncated"}."""
-    if data.prompt_overflow not in _OVERFLOW:
-        raise ValueError(f"data.prompt_overflow={data.prompt_overflow!r}; choose one of {list(_OVERFLOW)}")
-    if data.max_prompt_tokens < 1:
-        raise ValueError(f"data.max_prompt_tokens={data.max_prompt_tokens}; it must be >= 1")
+    check_prompt_limits(data)
     ids = render_prompts(tokenizer, rows["prompt"], data.system_prompt)
     limit, keep, kept_ids = data.max_prompt_tokens, [], []
     stats = {"num_rows": len(rows), "num_dropped_too_long": 0, "num_truncated": 0}

@@ -34,10 +34,15 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.tx
 def resolve_model_path(path: str) -> str:
     """Return a folder (or hub id) that `from_pretrained` and vLLM accept; convert an embedded model on first use."""
     if not path.strip():
-        raise ValueError(f"model.path is empty; give a save_pretrained folder, a hub id or one of {list(EMBEDDED_MODELS)}")
+        raise ValueError(f"model.path is empty; give a save_pretrained folder, a hub id or one of "
+                         f"{list(EMBEDDED_MODELS)}")
     if path.lower() in EMBEDDED_MODELS:
         return str(materialize_embedded(path.lower()))
-    p = Path(path).expanduser()
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError:  # "~someone/..." for a user that does not exist here
+        raise FileNotFoundError(f"model.path={path!r}: {path.split('/')[0]!r} is no user's home folder; "
+                                "fix the path") from None
     if p.exists():
         check_model_folder(p)
         return str(p.resolve())
