@@ -21,22 +21,10 @@ def smollm2_path() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, smollm2_path) -> str:
-    """A 2-layer Llama (hidden 128, head dim 64: a size vLLM's CPU attention serves) with SmolLM2's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """A 2-layer Llama with SmolLM2's tokenizer (tests/resume_harness.py:write_tiny_llama)."""
+    from tests.resume_harness import write_tiny_llama
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(smollm2_path)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Run `rlvr train` in a child process, kill it (SIGKILL to its whole process group, as a pre-empted node dies),
-resume it, and compare two runs: shared by tests/test_resume.py and benchmarks/resume_fuzz.py."""
+resume it, and compare two runs: shared by the tests and benchmarks/resume_fuzz.py."""
 
 from __future__ import annotations
 
@@ -14,6 +14,26 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def write_tiny_llama(folder: Path) -> str:
+    """A 2-layer Llama (hidden 128, head dim 64: a size vLLM's CPU attention serves) with SmolLM2's tokenizer, saved
+    into `folder`; random weights from seed 0, so every call writes the same model."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from rl.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return str(folder)
 
 
 def tiny_overrides(model_path: str, output_dir: Path, steps: int = 4) -> list[str]:
