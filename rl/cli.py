@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     print(to_yaml(cfg), flush=True)
     if args.command == "config":
         return
+    import ray
+
     from rewards import RewardError
     from rl.checkpoint import CheckpointError
     from rl.config import ConfigError
@@ -70,6 +72,11 @@ def main(argv: list[str] | None = None) -> None:
         trainer.train()
     except (RewardError, CheckpointError, FloatingPointError) as e:  # stated problems, not bugs: no traceback
         print(f"rlvr: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:  # the learner (engines are replaced)
+        print(f"rlvr: a Ray actor of the run died ({type(e).__name__}: {str(e).strip().splitlines()[0]}). The usual "
+              "cause is the host running out of memory: lower learner.micro_batch_size or rollout.kv_cache_gib, or "
+              f"give the learner a larger node. {trainer.resume_hint()}", file=sys.stderr)
         sys.exit(1)
     finally:
         trainer.close()

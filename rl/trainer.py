@@ -256,14 +256,20 @@ class Trainer:
             self.bad_steps = 0
         metrics["learner/bad_steps_in_a_row"] = float(self.bad_steps)
         if self.bad_steps >= self.cfg.trainer.max_bad_steps:
-            ckpts = self.run_dir / "checkpoints"
-            last = latest_checkpoint(ckpts) if ckpts.is_dir() else None
             raise FloatingPointError(
                 f"step {step}: {self.bad_steps} updates in a row had a non-finite loss or gradient "
-                f"(trainer.max_bad_steps={self.cfg.trainer.max_bad_steps}); stopping. The last checkpoint is "
-                f"{last or 'none'} (nothing was saved after the failures). Lower learner.optim.lr, keep "
-                "learner.optim.grad_clip on, or check the rewards for extreme values."
+                f"(trainer.max_bad_steps={self.cfg.trainer.max_bad_steps}); stopping, nothing saved after the "
+                f"failures. Lower learner.optim.lr, keep learner.optim.grad_clip on, or check the rewards for "
+                f"extreme values. {self.resume_hint()}"
             )
+
+    def resume_hint(self) -> str:
+        """Where a rerun of the same command continues from, for messages when a run stops."""
+        ckpts = self.run_dir / "checkpoints"
+        last = latest_checkpoint(ckpts) if ckpts.is_dir() else None
+        if last is None:
+            return "No checkpoint was written yet: a rerun starts from the beginning (trainer.save_every sets how often)."
+        return f"The latest checkpoint is {last}; run the same command again to continue from it (resume=auto)."
 
     def collect_rollouts(self, step: int, timer: StepTimer) -> tuple[Batch, dict]:
         """Sample prompts, generate n responses each, score them; with dynamic sampling, keep only groups whose

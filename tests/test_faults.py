@@ -4,6 +4,7 @@ run folder, and what listens on the network."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -116,6 +117,36 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(ray_cluster, tiny_mod
     assert [p.name for p in (run / "checkpoints").glob("step_*")] == ["step_000001"]
 
 
+def test_a_dead_learner_stops_the_run_with_where_to_resume_and_a_rerun_finishes(
+        ray_cluster, tiny_model_path, tmp_path, monkeypatch, capsys):
+    """The learner holds the optimizer state, so it is not replaced in place: the run stops with a clear message and
+    the same command continues from the last checkpoint."""
+    from rl.cli import main
+
+    argv = ["train", "recipes/quickstart.yaml", f"model.path={tiny_model_path}", f"output_dir={tmp_path}/run",
+            *TINY_RUN, "trainer.total_steps=2", "trainer.save_every=1"]
+    save = Trainer.save
+
+    def save_then_lose_the_learner(self, step):  # as the host's OOM killer would, right after step 1's checkpoint
+        folder = save(self, step)
+        ray_cluster.kill(self.learner)
+        return folder
+
+    monkeypatch.setattr(Trainer, "save", save_then_lose_the_learner)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "a Ray actor of the run died" in err and "Traceback" not in err
+    assert f"latest checkpoint is {tmp_path}/run/checkpoints/step_000001; run the same command again" in err
+
+    monkeypatch.undo()
+    main(argv)  # resumes from step 1
+    assert "[resume] continuing from" in capsys.readouterr().err
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged if "reward/mean" in m] == [1, 2]  # each training step once
+
+
 def test_learner_never_saves_non_finite_weights(tiny_model_path, tmp_path):
     from rl.kl import KLConfig
     from rl.learner import Learner, LearnerConfig
@@ -163,8 +194,11 @@ def test_ray_dashboard_is_off_or_on_loopback(tmp_path):
         "port = int(url.rsplit(':', 1)[1])\n"
         "hosts = sorted({c.laddr.ip for c in psutil.net_connections('inet') if c.status == 'LISTEN' "
         "and c.laddr.port == port})\n"
-        "print(json.dumps({'url': url, 'hosts': hosts})); ray.shutdown()\n"
+        "import os; auth = os.environ.get('RAY_AUTH_MODE')\n"
+        "print(json.dumps({'url': url, 'hosts': hosts, 'auth': auth})); ray.shutdown()\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["url"].startswith("127.0.0.1:") and info["hosts"] == ["127.0.0.1"], info
+    if os.environ.get("RAY_AUTH_MODE") is None:  # Ray's default for a local cluster: its services want the token
+        assert info["auth"] == "token", info
