@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.resume_harness import compare_runs, run_training, tiny_overrides, write_tiny_llama  # noqa: E402
 
-POINTS = ("learn", "checkpoint_tmp", "checkpoint_renamed")
+POINTS = ("learn", "checkpoint_tmp", "checkpoint_renamed", "evaluate_end")
 
 
 def main() -> None:
@@ -47,7 +47,8 @@ def main() -> None:
         kills = []
         for _ in range(1 if rng.random() < 0.6 else 2):
             if rng.random() < 0.5:
-                kills.append(("at", f"{rng.choice(POINTS)}:{rng.randint(1, args.steps)}"))
+                point = rng.choice(POINTS)  # evaluate_end: after the last checkpoint, before the final evaluation
+                kills.append(("at", f"{point}:{args.steps if point == 'evaluate_end' else rng.randint(1, args.steps)}"))
             else:
                 kills.append(("after", round(rng.uniform(5.0, base_s), 1)))
         t = time.time()

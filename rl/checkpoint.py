@@ -48,7 +48,8 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small file so that a crash leaves the old content or the new, never half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -81,7 +82,7 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         kill_point("checkpoint_renamed", step)
-        _write_atomic(ckpt_root / "latest", final.name)
+        write_atomic(ckpt_root / "latest", final.name)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):

@@ -106,7 +106,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
     """Defaults <- recipe YAML <- `key=value` overrides; unknown keys and wrong types fail here, by name.
 
     Every problem becomes one ConfigError that names the recipe file or the override, and the key.
-    `rewards[0].weight=2` sets one field of a list item."""
+    `rewards[0].weight=2` sets one field of a list item; `eval_sets={}` (a free-keyed mapping given whole) replaces the
+    recipe's mapping, while `trainer={total_steps: 3}` sets that one field of the section."""
     cfg = OmegaConf.structured(Config)
     if recipe is not None:
         path = Path(recipe)
@@ -129,6 +130,10 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
                 raise ConfigError(f"{e} (an override sets a field of an existing item; to add items give the whole "
                                   f"list, e.g. rewards=[{{name: math_verify}}, {{name: format, weight: 0.1}}])") from None
         else:
+            node = OmegaConf.select(cfg, key, default=None)
+            if isinstance(value, dict) and isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:
+                cfg = cfg.copy()  # a free-keyed mapping (eval_sets, kwargs) given whole replaces the old one
+                OmegaConf.update(cfg, key, {}, merge=False)
             cfg = _merge(cfg, _nest(key, value), where)
     obj: Config = _call(lambda: OmegaConf.to_object(cfg), "config", _unresolvable(cfg) or "")
     validate(obj)

@@ -26,6 +26,7 @@ from rl.advantages import compute_advantages
 from rl.batch import Batch
 from rl.checkpoint import (
     CheckpointError, kill_point, latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state,
+    write_atomic,
 )
 from rl.config import Config, ConfigError, config_changes, to_dict, to_yaml
 from rl.dapo import informative_groups, overlong_penalty
@@ -205,10 +206,12 @@ class Trainer:
     def train(self) -> dict:
         cfg, t = self.cfg, self.cfg.trainer
         results: dict[str, dict] = {}
-        if self.step >= t.total_steps:
+        done = self.run_dir / "results.json"
+        if self.step >= t.total_steps and done.exists():
             print(f"[run] already at step {self.step} of trainer.total_steps={t.total_steps}; raise it to train on",
                   file=sys.stderr)
-            return json.loads((self.run_dir / "results.json").read_text()) if (self.run_dir / "results.json").exists() else {}
+            return json.loads(done.read_text())
+        # (at total_steps without results.json: stopped between the last checkpoint and the final evaluation; do it)
         if self.step == 0 and t.eval_at_start:
             self.start_results = self.evaluate(step=0)
         if self.start_results is not None:
@@ -241,6 +244,7 @@ class Trainer:
                 raise SystemExit(143)
         progress.close()
         stop.restore()
+        kill_point("evaluate_end", t.total_steps)
         results["end"] = self.evaluate(step=t.total_steps)
         self._report(results)
         return results
@@ -435,7 +439,7 @@ class Trainer:
             d = f"{end['accuracy'] - start['accuracy']:+8.3f}" if start else f"{'-':>8}"
             lines.append(f"{name:<12} {s} {end['accuracy']:8.3f} {d}")
         print("\n".join(lines), flush=True)
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=1))
+        write_atomic(self.run_dir / "results.json", json.dumps(results, indent=1))  # written last: the run is done
 
     def close(self) -> None:
         self.tracker.close()

@@ -50,10 +50,11 @@ def tiny_overrides(model_path: str, output_dir: Path, steps: int = 4) -> list[st
 
 
 def run_training(overrides: list[str], kill_at: str | None = None, kill_after: float | None = None,
-                 log: Path | None = None, timeout: float = 900) -> int:
+                 log: Path | None = None, timeout: float = 900, term_after_step: int | None = None) -> int:
     """`rlvr train recipes/quickstart.yaml ...` in its own process group. kill_at: a named kill point
     ("checkpoint_tmp:2", "learn:3", ...: the process SIGKILLs itself there); kill_after: SIGKILL the whole group after
-    that many seconds. Returns the exit code (-9 when killed); the whole group is killed at the end in any case."""
+    that many seconds; term_after_step: SIGTERM the driver alone once that training step is logged (a scheduler's
+    pre-emption notice). Returns the exit code (-9 when killed); the whole group is killed at the end in any case."""
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_DEDUP_LOGS="0")
     env.pop("RLVR_KILL_AT", None)
     if kill_at:
@@ -62,6 +63,13 @@ def run_training(overrides: list[str], kill_at: str | None = None, kill_after: f
     proc = subprocess.Popen([sys.executable, "-m", "rl.cli", "train", "recipes/quickstart.yaml", *overrides],
                             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        if term_after_step is not None:
+            run = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir=")))
+            deadline = time.time() + timeout
+            while proc.poll() is None and term_after_step not in _logged_train_steps(run):
+                assert time.time() < deadline, f"step {term_after_step} was not logged within {timeout} s"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=kill_after if kill_after is not None else timeout)
     except subprocess.TimeoutExpired:
         if kill_after is None:
@@ -81,6 +89,19 @@ def _kill_group(pgid: int) -> None:
     except ProcessLookupError:
         pass
     time.sleep(0.5)
+
+
+def _logged_train_steps(run: Path) -> set[int]:
+    """Training steps in a live run's metrics.jsonl (a line being written is skipped)."""
+    steps = set()
+    for line in (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "reward/mean" in row:
+            steps.add(row["step"])
+    return steps
 
 
 def train_steps(run: Path) -> list[dict]:
@@ -109,7 +130,9 @@ def compare_runs(a: Path, b: Path) -> list[str]:
             if keys:
                 diffs.append(f"  first difference at step {ra.get('step')}: {keys[:5]}")
                 break
-    ra, rb = (json.loads((r / "results.json").read_text()) for r in (a, b))
-    if ra != rb:
+    missing = [str(r) for r in (a, b) if not (r / "results.json").exists()]
+    if missing:
+        diffs.append(f"no results.json in {missing}")
+    elif json.loads((a / "results.json").read_text()) != json.loads((b / "results.json").read_text()):
         diffs.append("results.json differ")
     return diffs

@@ -233,6 +233,14 @@ CONFIG_CASES = [  # (recipe text or None, overrides, what the ConfigError should
 ]
 
 
+def test_a_mapping_given_whole_replaces_a_free_keyed_one_and_sets_fields_of_a_section():
+    assert load_config("recipes/quickstart.yaml", ["eval_sets={}"]).eval_sets == {}
+    assert list(load_config("recipes/quickstart.yaml", ["eval_sets={g: {source: x.jsonl}}"]).eval_sets) == ["g"]
+    assert list(load_config("recipes/quickstart.yaml", ["eval_sets.g.source=x.jsonl"]).eval_sets) == ["svamp", "g"]
+    trainer = load_config("recipes/quickstart.yaml", ["trainer={total_steps: 3}"]).trainer
+    assert trainer.total_steps == 3 and trainer.prompts_per_step == load_config("recipes/quickstart.yaml").trainer.prompts_per_step
+
+
 def test_a_list_item_field_can_be_overridden():
     cfg = load_config(None, ["rewards=[{name: math_verify}, {name: format}]", "rewards[1].weight=0.25"])
     assert [(r.name, r.weight) for r in cfg.rewards] == [("math_verify", 1.0), ("format", 0.25)]

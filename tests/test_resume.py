@@ -43,6 +43,23 @@ def test_killed_twice_then_resumed_equals_the_uninterrupted_run(uninterrupted, t
     assert "[resume] continuing from" in log.read_text()
 
 
+def test_sigterm_finishes_the_step_checkpoints_and_the_resumed_run_equals_the_uninterrupted_one(
+        uninterrupted, tiny_model_path, tmp_path):
+    """What a scheduler's pre-emption notice does when it reaches the driver: no periodic checkpoints here
+    (save_every=0, a change allowed on resume), so the only one before the end is the one SIGTERM asked for."""
+    run, log = tmp_path / "terminated", tmp_path / "log.txt"
+    args = tiny_overrides(tiny_model_path, run) + ["trainer.save_every=0"]
+    assert run_training(args, term_after_step=1, log=log) == 143, log.read_text()[-3000:]
+    stopped_at = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
+    assert 1 <= stopped_at < 4 and "stopped by signal SIGTERM" in log.read_text()
+    # then killed after the last step's checkpoint, before the final evaluation: the rerun only evaluates
+    assert run_training(args, kill_at="evaluate_end:4", log=log) == -9
+    assert (run / "checkpoints" / "latest").read_text() == "step_000004" and not (run / "results.json").exists()
+    assert run_training(args, log=log) == 0, log.read_text()[-3000:]
+    assert compare_runs(uninterrupted, run) == []
+    assert [r["step"] for r in train_steps(run) if "reward/mean" in r] == [1, 2, 3, 4]
+
+
 def test_resume_refuses_a_changed_run_and_allows_harmless_changes(uninterrupted, tiny_model_path, tmp_path):
     args = tiny_overrides(tiny_model_path, uninterrupted)
     for change, key in (("learner.optim.lr=2e-3", "learner.optim.lr"), ("rollout.sampling.n=8", "rollout.sampling.n"),
