@@ -24,6 +24,10 @@ class Batch:
     advantages: torch.Tensor | None = None  # [B, T]
     old_logprobs: torch.Tensor | None = None  # [B, T] behaviour policy, recomputed by the learner
     ref_logprobs: torch.Tensor | None = None  # [B, T] reference policy, when a KL term is used
+    old_entropy: torch.Tensor | None = None  # [B, T] behaviour policy's full-distribution entropy (token weights)
+    init_logprobs: torch.Tensor | None = None  # [B, T] the initial policy's log-probs of its own samples (DPH-RL)
+    divergence_mask: torch.Tensor | None = None  # [B] float, 1: a sample of the initial policy, for the divergence
+    # term only (DPH-RL); 0: an RL sample, for the policy loss only
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -54,6 +58,28 @@ class Batch:
         return replace(
             self, **{f.name: v[:, :width] for f in fields(self) if (v := getattr(self, f.name)) is not None and v.dim() == 2}
         )
+
+    @classmethod
+    def concat(cls, batches: Sequence["Batch"]) -> "Batch":
+        """Rows of all batches, right-padded to the widest; a field set in some batches only is 0 in the others
+        (pad token 0 in input_ids)."""
+        width = max(b.input_ids.shape[1] for b in batches)
+        out = {}
+        for f in fields(cls):
+            values = [getattr(b, f.name) for b in batches]
+            if all(v is None for v in values):
+                out[f.name] = None
+                continue
+            like = next(v for v in values if v is not None)
+            parts = []
+            for b, v in zip(batches, values):
+                if v is None:
+                    v = like.new_zeros(len(b)) if like.dim() == 1 else like.new_zeros((len(b), width))
+                if v.dim() == 2 and v.shape[1] < width:
+                    v = torch.nn.functional.pad(v, (0, width - v.shape[1]))
+                parts.append(v)
+            out[f.name] = torch.cat(parts)
+        return cls(**out)
 
     @classmethod
     def from_sequences(

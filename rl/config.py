@@ -16,10 +16,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rewards import REWARDS, RewardPolicyConfig, RewardSpec
 from rl.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig
+from rl.divergences import F_DIVERGENCES, DivergenceConfig
 from rl.data import DataConfig, DatasetConfig, check_dataset_config, check_prompt_limits
 from rl.kl import KL_ESTIMATORS, KLConfig
 from rl.learner import LearnerConfig
 from rl.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig
+from rl.token_weights import SCOPES, TOKEN_WEIGHTS, TokenWeightConfig
 from rollout.fleet import ENGINES, RolloutConfig
 
 
@@ -50,6 +52,8 @@ class AlgorithmConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     kl: KLConfig = field(default_factory=KLConfig)
+    token_weights: TokenWeightConfig = field(default_factory=TokenWeightConfig)  # STEER, 80/20
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)  # DPH-RL
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
 
@@ -110,9 +114,9 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
     recipe's mapping, while `trainer={total_steps: 3}` sets that one field of the section."""
     cfg = OmegaConf.structured(Config)
     if recipe is not None:
-        path = Path(recipe)
-        for key, value in _read_recipe(path).items():
-            cfg = _merge(cfg, {key: value}, f"recipe {str(path)!r}")
+        for path, tree in _recipe_layers(Path(recipe)):
+            for key, value in tree.items():
+                cfg = _merge(cfg, {key: value}, f"recipe {str(path)!r}")
     for item in overrides or []:
         key, eq, text = (part.strip() for part in item.partition("="))
         where = f"override {item!r}"
@@ -138,6 +142,25 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
     obj: Config = _call(lambda: OmegaConf.to_object(cfg), "config", _unresolvable(cfg) or "")
     validate(obj)
     return obj
+
+
+def _recipe_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The recipe and the recipes it extends, base first: `base: other.yaml` (relative to the recipe's folder) is
+    read first and this recipe's keys are merged over it, so a variant recipe states only what it changes."""
+    tree = _read_recipe(path)
+    base = tree.pop("base", None)
+    if base is None:
+        return [(path, tree)]
+    where = f"recipe {str(path)!r}"
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{where}: base must be the path of another recipe (e.g. base: quickstart.yaml)")
+    base_path = path.parent / base
+    if base_path.resolve() in chain + (path.resolve(),):
+        raise ConfigError(f"{where}: base: {base} makes a cycle of recipes; remove one of the base keys")
+    if not base_path.is_file():
+        raise ConfigError(f"{where}: base: {base} names {str(base_path)!r}, which is not a file; give a path relative "
+                          "to the recipe's folder")
+    return _recipe_layers(base_path, chain + (path.resolve(),)) + [(path, tree)]
 
 
 def _read_recipe(path: Path) -> dict:
@@ -297,6 +320,24 @@ def validate(cfg: Config) -> None:
     _check(alg.loss.clip_low >= 0 and alg.loss.clip_high >= 0, "algorithm.loss.clip_low/clip_high must be >= 0")
     _check(alg.loss.clip_low < 1, "algorithm.loss.clip_low must be < 1 (the ratio is clipped to [1 - clip_low, ...])")
     _check(alg.loss.dual_clip is None or alg.loss.dual_clip > 1, "algorithm.loss.dual_clip must be > 1 (or null)")
+    tw = alg.token_weights
+    for i, name in enumerate(tw.methods):
+        _check(name in TOKEN_WEIGHTS, f"algorithm.token_weights.methods[{i}]={name!r}; choose from {TOKEN_WEIGHTS.names()}")
+    _check(len(set(tw.methods)) == len(tw.methods), "algorithm.token_weights.methods lists a method twice")
+    _check(tw.scope in SCOPES, f"algorithm.token_weights.scope={tw.scope!r}; choose one of {list(SCOPES)}")
+    _check(0 < tw.steer.lambda_min <= 1, "algorithm.token_weights.steer.lambda_min must be in (0, 1]")
+    _check(tw.steer.lambda_min <= tw.steer.lambda_max, "algorithm.token_weights.steer.lambda_max must be >= lambda_min")
+    _check(0 < tw.high_entropy.rho <= 1, "algorithm.token_weights.high_entropy.rho must be in (0, 1] (1 keeps all tokens)")
+    dv = alg.divergence
+    _check(dv.name == "none" or dv.name in F_DIVERGENCES,
+           f"algorithm.divergence.name={dv.name!r}; choose none or one of {F_DIVERGENCES.names()}")
+    _check(dv.eta >= 0, "algorithm.divergence.eta must be >= 0")
+    _check(0 < dv.alpha < 1, "algorithm.divergence.alpha must be in (0, 1)")
+    _check(dv.samples_per_step >= 1, "algorithm.divergence.samples_per_step must be >= 1")
+    _check(dv.prepare_k >= 1, "algorithm.divergence.prepare_k must be >= 1")
+    _check(0 < dv.perfect_threshold <= 1, "algorithm.divergence.perfect_threshold must be in (0, 1]")
+    _check(dv.name == "none" or dv.data is not None,
+           f"algorithm.divergence.name={dv.name!r} needs algorithm.divergence.data: the folder `rlvr dph-prepare` writes")
     _check(r.engine in ENGINES, f"rollout.engine={r.engine!r}; choose one of {sorted(ENGINES)}")
     _check(r.num_engines >= 1, "rollout.num_engines must be >= 1")
     _check(r.sampling.n >= 1, "rollout.sampling.n must be >= 1")

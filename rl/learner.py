@@ -15,9 +15,13 @@ import torch
 from transformers import AutoModelForCausalLM, get_scheduler
 
 from rl.batch import Batch
+from rl.divergences import DivergenceConfig, f_divergence_loss
 from rl.entropy import entropy_from_logits, logprobs_from_logits
 from rl.kl import KLConfig, kl_penalty
 from rl.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss
+from rl.token_weights import TokenStats, TokenWeightConfig, token_weights
+
+ENTROPY_PERCENTILES = (10, 50, 90)
 
 
 @dataclass
@@ -57,10 +61,14 @@ class Learner:
         max_response_tokens: int,
         seed: int = 0,
         ref_model_path: str | None = None,
+        weights: TokenWeightConfig | None = None,
+        divergence: DivergenceConfig | None = None,
     ):
         torch.manual_seed(seed)
         torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         self.cfg, self.loss_cfg, self.kl_cfg = cfg, loss, kl
+        self.weights_cfg = weights or TokenWeightConfig()
+        self.div_cfg = divergence or DivergenceConfig()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.autocast_dtype = getattr(torch, cfg.mixed_precision) if cfg.mixed_precision else None
         dtype = getattr(torch, cfg.dtype)
@@ -85,6 +93,7 @@ class Learner:
         self.policy_loss = POLICY_LOSSES.get(loss.name)
         self.norm_length = loss.norm_length or max_response_tokens
         self.generator = torch.Generator().manual_seed(seed)
+        self._stepped = False  # an optimizer step was taken in the current update() (the policy left the old one)
 
     # -- forward passes ---------------------------------------------------------------------------------------
     def _forward(self, model, mb: Batch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -118,6 +127,12 @@ class Learner:
         parts = [self._forward(model, mb.to(self.device), with_entropy=False)[0].cpu() for mb in self._micro(batch)]
         return self._unsplit(parts, batch)
 
+    @torch.no_grad()
+    def compute_logprobs_and_entropy(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probs and full-distribution entropies [B, T] under the current model, without gradient."""
+        parts = [self._forward(self.model, mb.to(self.device), with_entropy=True) for mb in self._micro(batch)]
+        return (self._unsplit([p[0].cpu() for p in parts], batch), self._unsplit([p[1].cpu() for p in parts], batch))
+
     def _micro(self, batch: Batch) -> list[Batch]:
         return batch.split(self.cfg.micro_batch_size)
 
@@ -135,6 +150,8 @@ class Learner:
         """ppo_epochs x mini_batches optimizer steps on one rollout batch; returns averaged metrics."""
         cfg = self.cfg
         on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1
+        if self.weights_cfg.methods and batch.old_entropy is None:  # token weights read the old policy's entropy
+            batch.old_logprobs, batch.old_entropy = self.compute_logprobs_and_entropy(batch)
         if batch.old_logprobs is None and not on_policy:
             batch.old_logprobs = self.compute_logprobs(batch)
         if self.kl_cfg.coef > 0 and not self.kl_cfg.in_reward and batch.ref_logprobs is None:
@@ -142,6 +159,7 @@ class Learner:
         self.model.train()
         sums: dict[str, float] = defaultdict(float)
         steps = 0
+        self._stepped = False  # the policy still equals the behaviour policy (until the first optimizer step)
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(batch), generator=self.generator) if not on_policy else torch.arange(len(batch))
             for chunk in order.chunk(cfg.mini_batches):
@@ -153,19 +171,50 @@ class Learner:
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
+    def _masks(self, mb: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The policy-loss mask (RL samples) and the divergence mask (the initial policy's samples, DPH-RL)."""
+        if mb.divergence_mask is None:
+            return mb.response_mask, None
+        d = mb.divergence_mask.to(mb.response_mask.dtype).unsqueeze(-1)
+        return mb.response_mask * (1 - d), mb.response_mask * d
+
+    def _step_weights(self, mb: Batch, rl_mask: torch.Tensor) -> torch.Tensor | None:
+        """Token weights with statistics over the whole optimizer step (token_weights.scope=batch)."""
+        if not self.weights_cfg.methods or self.weights_cfg.scope != "batch":
+            return None
+        logp = mb.old_logprobs if not self._stepped else self.compute_logprobs(mb)
+        return token_weights(TokenStats(logp, mb.old_logprobs, mb.old_entropy, mb.advantages, rl_mask),
+                             self.weights_cfg)
+
     def _optimizer_step(self, mb: Batch) -> dict[str, float]:
         # normalisers of the whole optimizer step, so micro-batching leaves loss and gradient unchanged
-        num_tokens = float(mb.response_mask.sum().clamp(min=1))
-        num_seqs = float(len(mb))
+        rl_mask, div_mask = self._masks(mb)
+        num_tokens = float(rl_mask.sum().clamp(min=1))
+        num_seqs = float(max(int((rl_mask.sum(-1) > 0).sum()), 1)) if div_mask is not None else float(len(mb))
+        num_div_tokens = float(div_mask.sum()) if div_mask is not None else 0.0
+        step_weights = self._step_weights(mb, rl_mask)
         self.optimizer.zero_grad(set_to_none=True)
         stats: dict[str, float] = defaultdict(float)
+        entropies, row = [], 0
         for micro in self._micro(mb):
+            width = micro.input_ids.shape[1]
+            weights = step_weights[row : row + len(micro), :width] if step_weights is not None else None
+            row += len(micro)
             micro = micro.to(self.device)
-            mask = micro.response_mask
+            mask, div = self._masks(micro)
             logp, entropy = self._forward(self.model, micro, with_entropy=True)
             old = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
             out = self.policy_loss(logp, old, micro.advantages, mask, self.loss_cfg)
             token_loss = out.loss
+            if self.weights_cfg.methods and weights is None:  # token_weights.scope=micro (the STEER authors' code)
+                weights = token_weights(TokenStats(logp, micro.old_logprobs, micro.old_entropy, micro.advantages, mask),
+                                        self.weights_cfg)
+            if weights is not None:
+                weights = weights.to(self.device)
+                token_loss = token_loss * weights
+                stats["token_weight/mean"] += float((weights * mask).sum()) / num_tokens
+                stats["token_weight/reweighted_frac"] += float(((weights != 1) & (mask != 0)).sum()) / num_tokens
+                stats["token_weight/masked_frac"] += float(((weights == 0) & (mask != 0)).sum()) / num_tokens
             if self.kl_cfg.coef > 0 and not self.kl_cfg.in_reward:
                 kl = kl_penalty(logp, micro.ref_logprobs, self.kl_cfg.estimator) * mask
                 token_loss = token_loss + self.kl_cfg.coef * kl
@@ -176,16 +225,26 @@ class Learner:
                 token_loss, mask, self.loss_cfg.agg_mode,
                 num_tokens=num_tokens, num_seqs=num_seqs, norm_length=self.norm_length,
             )
+            if div is not None and num_div_tokens > 0:  # DPH-RL: eta * f-divergence on the initial policy's samples
+                div_loss = f_divergence_loss(logp, micro.init_logprobs, div, self.div_cfg, num_div_tokens)
+                loss = loss + self.div_cfg.eta * div_loss
+                stats["divergence"] += float(div_loss.detach())
             loss.backward()
             stats["loss"] += float(loss.detach())
             stats["entropy"] += float((entropy.detach() * mask).sum()) / num_tokens
+            entropies.append(entropy.detach()[mask != 0].float().cpu())
             stats["clip_frac"] += float((out.clipped.float() * mask).sum()) / num_tokens
             stats["ratio_mean"] += float((out.ratio * mask).sum()) / num_tokens
             stats["rollout_logp_diff"] += float(((logp.detach() - micro.rollout_logprobs).abs() * mask).sum()) / num_tokens
+        all_h = torch.cat(entropies)
+        if all_h.numel():
+            for q, v in zip(ENTROPY_PERCENTILES, torch.quantile(all_h, torch.tensor(ENTROPY_PERCENTILES) / 100.0)):
+                stats[f"entropy_p{q}"] = float(v)
         clip = self.cfg.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
         if torch.isfinite(grad_norm):
             self.optimizer.step()
+            self._stepped = True
             stats["skipped_update"] = 0.0
         else:  # a non-finite gradient never reaches the weights
             stats["skipped_update"] = 1.0
@@ -193,7 +252,6 @@ class Learner:
         self.scheduler.step()
         stats["grad_norm"] = float(grad_norm)
         return stats
-
     # -- weights out ------------------------------------------------------------------------------------------
     def export_weights(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
         """The policy's state dict on CPU (cast to the engines' dtype), for weight sync."""
