@@ -19,6 +19,17 @@ Use `rlvr config RECIPE [key=value ...]` to print it without running.
 """
 
 
+DPH_HELP = """\
+DPH-RL's offline step: sample the recipe's model k times per training question, split the questions into mastered
+(D_pef) and the rest (D_exp), and store the model's correct samples with their log-probs in algorithm.divergence.data.
+
+  rlvr dph-prepare recipes/dph_forward_kl.yaml
+  rlvr dph-prepare recipes/dph_js.yaml algorithm.divergence.prepare_k=16 algorithm.divergence.perfect_threshold=0.75
+
+Then `rlvr train` with the same recipe trains on D_exp with the f-divergence term on the stored samples.
+"""
+
+
 def _load(args):
     from rl.config import ConfigError, load_config
 
@@ -32,7 +43,8 @@ def _load(args):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlvr", description="RL from verifiable rewards for language models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("train", TRAIN_HELP), ("config", "Print the resolved, validated config of a recipe.")):
+    for name, help_text in (("train", TRAIN_HELP), ("config", "Print the resolved, validated config of a recipe."),
+                            ("dph-prepare", DPH_HELP)):
         p = sub.add_parser(name, help=help_text.splitlines()[0], description=help_text,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (defaults when omitted)")
@@ -55,6 +67,15 @@ def main(argv: list[str] | None = None) -> None:
 
     print(to_yaml(cfg), flush=True)
     if args.command == "config":
+        return
+    if args.command == "dph-prepare":
+        from rl.dph import prepare
+
+        try:
+            prepare(cfg)
+        except ValueError as e:
+            print(f"rlvr: {e}", file=sys.stderr)
+            sys.exit(2)
         return
     import ray
 

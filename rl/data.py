@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 # -- generated arithmetic word problems (the quickstart needs no download) ----------------------------------------
 
@@ -142,7 +143,8 @@ class DatasetConfig:
     prompt_template: str = "{question}"  # str.format over the row's columns, e.g. "{Body} {Question}" (SVAMP)
     answer_column: str = "answer"
     answer_after: str | None = None  # keep the text after the last occurrence of this marker (GSM8K: "####")
-    limit: int | None = None  # the first N rows
+    offset: int = 0  # skip the first rows (with limit: a slice, e.g. a held-out tail of one file)
+    limit: int | None = None  # then keep the first N rows
 
 
 @dataclass
@@ -445,6 +447,8 @@ def check_dataset_config(ds: DatasetConfig, key: str = "") -> None:
     if ds.limit is not None and ds.limit < 1:
         raise ValueError(f"{key + '.' if key else ''}limit={ds.limit} (data source {ds.source!r}); use a positive "
                          "number of rows or null for all")
+    if ds.offset < 0:
+        raise ValueError(f"{key + '.' if key else ''}offset={ds.offset} (data source {ds.source!r}); use 0 or more")
 
 
 def check_prompt_limits(data: DataConfig) -> None:
@@ -461,8 +465,9 @@ def load_dataset_rows(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
     check_dataset_config(ds)
     needed = _template_columns(ds.prompt_template)
     raw = _load_raw(ds, data)
-    if ds.limit is not None and ds.limit < len(raw):
-        raw = raw.select(range(ds.limit))
+    if ds.offset or (ds.limit is not None and ds.limit < len(raw)):
+        end = len(raw) if ds.limit is None else min(len(raw), ds.offset + ds.limit)
+        raw = raw.select(range(min(ds.offset, len(raw)), end))
     columns = list(raw.column_names)
     for c in needed:
         if c not in columns:
@@ -563,6 +568,23 @@ def prepare_prompts(
 
 
 # -- a sampler whose position can be saved and restored exactly ------------------------------------------------------
+
+
+def load_prompts(ds: DatasetConfig, key: str, data: DataConfig, tokenizer) -> tuple[datasets.Dataset, list[list[int]], dict]:
+    """The rows of the data set at config key `key`, their chat-formatted prompt token ids, and the prompt-length
+    statistics; an empty set, or one whose every prompt is too long, is a ValueError naming the key."""
+    rows = load_dataset_rows(ds, data)
+    if len(rows) == 0:
+        raise ValueError(f"{key}: the data set {ds.source!r} has no rows")
+    rows, prompts, stats = prepare_prompts(rows, tokenizer, data)
+    if not prompts:
+        raise ValueError(f"{key}: every prompt is longer than data.max_prompt_tokens={data.max_prompt_tokens}")
+    return rows, prompts, stats
+
+
+def sample_seed(*keys: int) -> int:
+    """A seed for one prompt's rollout from (run seed, step, prompt row, try): rollouts repeat on a rerun."""
+    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 class PromptSampler:

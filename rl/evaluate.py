@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from math import comb
 from pathlib import Path
 
 import datasets
@@ -10,6 +11,19 @@ import datasets
 from rewards.answers import math_verify_reward
 from rollout.base import SamplingConfig
 from rollout.fleet import RolloutFleet
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al., 2021) from n samples of which c are correct: 1 - C(n - c, k) / C(n, k)."""
+    if not 0 < k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 0 < k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def pass_at_k_values(n: int) -> list[int]:
+    """The k reported for n samples per problem: 1, 2, 4, ... up to n, and n itself."""
+    ks = [k for k in (2**i for i in range(n.bit_length())) if k <= n]
+    return ks + ([n] if ks[-1] != n else [])
 
 
 def evaluate(
@@ -31,6 +45,12 @@ def evaluate(
         "truncated": sum(s.truncated for _, s in samples) / n,
         "num_samples": float(len(samples)),
     }
+    if sampling.n > 1:  # pass@k per problem, averaged
+        per_row = [0] * len(groups)
+        for (i, _), c in zip(samples, correct):
+            per_row[i] += int(bool(c))
+        for k in pass_at_k_values(sampling.n):
+            metrics[f"pass@{k}"] = sum(pass_at_k(len(g), c, k) for g, c in zip(groups, per_row)) / max(1, len(groups))
     records = [
         {"index": i, "prompt": rows[i]["prompt"], "answer": gold, "completion": s.text, "correct": c,
          "response_tokens": len(s.response_ids)}

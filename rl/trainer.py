@@ -30,7 +30,8 @@ from rl.checkpoint import (
 )
 from rl.config import Config, ConfigError, config_changes, to_dict, to_yaml
 from rl.dapo import informative_groups, overlong_penalty
-from rl.data import PromptSampler, load_dataset_rows, prepare_prompts
+from rl.dph import DPHData
+from rl.data import PromptSampler, load_prompts, sample_seed
 from rl.evaluate import evaluate, write_records
 from rl.kl import kl_penalized_rewards, kl_penalty
 from rl.learner import Learner
@@ -38,11 +39,6 @@ from rl.metrics import StepTimer, Tracker
 from rl.models import resolve_model_path
 from rollout.base import Sample
 from rollout.fleet import RolloutFleet
-
-
-def sample_seed(*keys: int) -> int:
-    """A seed for one prompt's rollout from (run seed, step, prompt row, try): rollouts repeat on a rerun."""
-    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def ray_init_kwargs(rc) -> dict:
@@ -71,13 +67,16 @@ class Trainer:
         self.model_path = resolve_model_path(cfg.model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.train_rows, self.train_prompts, self.data_stats = self._prepare(cfg.data.train, "data.train")
+        self.train_rows, self.train_prompts, self.data_stats = load_prompts(cfg.data.train, "data.train", cfg.data,
+                                                                           self.tokenizer)
         self.eval_sets = {}
         sets = ({"heldout": cfg.data.eval} if cfg.data.eval is not None else {}) | dict(cfg.eval_sets)
         for name, ds in sets.items():
-            rows, prompts, _ = self._prepare(ds, f"eval_sets.{name}" if name != "heldout" else "data.eval")
+            rows, prompts, _ = load_prompts(ds, f"eval_sets.{name}" if name != "heldout" else "data.eval", cfg.data,
+                                            self.tokenizer)
             self.eval_sets[name] = (rows, prompts)
         self.has_answers = "answer" in self.train_rows.column_names
+        self.dph = self._load_dph() if cfg.algorithm.divergence.name != "none" else None
         self.sampler = PromptSampler(len(self.train_rows), cfg.data.seed, cfg.data.shuffle)
         self.step, self.bad_steps, self.start_results, self._last_failure = 0, 0, None, ""
         if self.resume_from is not None:
@@ -88,6 +87,19 @@ class Trainer:
         self.tracker = Tracker(self.run_dir, cfg.logging, cfg.name, config_dict=to_dict(cfg),
                                resume_step=self.step if self.resume_from is not None else None)
         self._start_cluster()
+
+    def _load_dph(self) -> DPHData:
+        """DPH-RL: pi0's stored samples; RL trains on the questions pi0 has not mastered (D_exp) only."""
+        dph = DPHData.load(self.cfg.algorithm.divergence.data)
+        dph.check_matches(self.cfg.model.path, len(self.train_prompts), self.cfg.data.train.source)
+        if not dph.exp_rows:
+            raise ValueError(f"algorithm.divergence.data: pi0 masters every training question, nothing is left to "
+                             f"explore; raise algorithm.divergence.perfect_threshold or use harder data")
+        self.train_rows = self.train_rows.select(dph.exp_rows)
+        self.train_prompts = [self.train_prompts[i] for i in dph.exp_rows]
+        print(f"[dph] training on {len(dph.exp_rows)} questions pi0 has not mastered; {len(dph)} pi0 samples for the "
+              f"{self.cfg.algorithm.divergence.name} term", file=sys.stderr)
+        return dph
 
     # -- resume -------------------------------------------------------------------------------------------------
     def _find_resume(self) -> Path | None:
@@ -170,15 +182,6 @@ class Trainer:
                 _truncate_jsonl(f, self.step)
         (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
 
-    def _prepare(self, ds_cfg, key: str):
-        rows = load_dataset_rows(ds_cfg, self.cfg.data)
-        if len(rows) == 0:
-            raise ValueError(f"{key}: the data set {ds_cfg.source!r} has no rows")
-        rows, prompts, stats = prepare_prompts(rows, self.tokenizer, self.cfg.data)
-        if not prompts:
-            raise ValueError(f"{key}: every prompt is longer than data.max_prompt_tokens={self.cfg.data.max_prompt_tokens}")
-        return rows, prompts, stats
-
     def _start_cluster(self) -> None:
         cfg = self.cfg
         if not ray.is_initialized():
@@ -192,6 +195,7 @@ class Trainer:
         self.learner = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus, num_gpus=gpus).remote(
             policy, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl, total_steps=cfg.trainer.total_steps,
             max_response_tokens=cfg.rollout.sampling.max_tokens, seed=cfg.seed, ref_model_path=self.model_path,
+            weights=cfg.algorithm.token_weights, divergence=cfg.algorithm.divergence,
         )
         ray.get(self.learner.ready.remote())
         self.fleet.weights_source = self._export_weights  # a replaced engine loads the learner's current weights
@@ -223,6 +227,10 @@ class Trainer:
             batch, metrics = self.collect_rollouts(step, timer)  # generate + score (+ dynamic sampling)
             with timer("advantage"):
                 metrics |= self.compute_advantages(batch)
+            if self.dph is not None:  # DPH-RL: pi0's samples join the batch for the divergence term only
+                extra = self.dph.batch(sample_seed(cfg.seed, step, -1), cfg.algorithm.divergence.samples_per_step,
+                                       self.pad_id)
+                batch = Batch.concat([batch, extra]) if extra is not None else batch
             kill_point("learn", step)
             with timer("learn"):
                 metrics |= {f"learner/{k}": v for k, v in ray.get(self.learner.update.remote(batch)).items()}
