@@ -28,6 +28,8 @@ class Batch:
     init_logprobs: torch.Tensor | None = None  # [B, T] the initial policy's log-probs of its own samples (DPH-RL)
     divergence_mask: torch.Tensor | None = None  # [B] float, 1: a sample of the initial policy, for the divergence
     # term only (DPH-RL); 0: an RL sample, for the policy loss only
+    prefix_lengths: torch.Tensor | None = None  # [B] long, CURE: tokens of the answer that sit in the prompt (a
+    # continuation's reused prefix); they count in the answer's length but not in the loss
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -35,6 +37,12 @@ class Batch:
     @property
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
+
+    @property
+    def answer_lengths(self) -> torch.Tensor:
+        """Length of each whole answer: its response tokens plus a CURE continuation's reused prefix."""
+        lengths = self.response_lengths
+        return lengths + self.prefix_lengths.to(lengths.dtype) if self.prefix_lengths is not None else lengths
 
     def select(self, index: torch.Tensor | Sequence[int]) -> "Batch":
         """Rows `index` of every tensor field."""

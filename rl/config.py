@@ -341,7 +341,10 @@ def validate(cfg: Config) -> None:
     _check(r.engine in ENGINES, f"rollout.engine={r.engine!r}; choose one of {sorted(ENGINES)}")
     _check(r.num_engines >= 1, "rollout.num_engines must be >= 1")
     _check(r.sampling.n >= 1, "rollout.sampling.n must be >= 1")
-    _check(r.sampling.n >= 2 or alg.advantage.estimator not in ("grpo", "rloo", "dr_grpo"),
+    _check(r.cure.branches >= 1, "rollout.cure.branches (n2 continuations per response) must be >= 1")
+    _check(r.cure.top_entropy >= 1, "rollout.cure.top_entropy must be >= 1")
+    _check(r.cure.min_token_chars >= 0, "rollout.cure.min_token_chars must be >= 0")
+    _check(r.sampling.n >= 2 or r.cure.enabled or alg.advantage.estimator not in ("grpo", "rloo", "dr_grpo"),
            f"rollout.sampling.n=1 leaves every {alg.advantage.estimator} group with one sample (zero advantage); use n >= 2")
     _check(r.sampling.max_tokens >= 1, "rollout.sampling.max_tokens must be >= 1")
     _check(r.sampling.temperature >= 0, "rollout.sampling.temperature must be >= 0")

@@ -44,6 +44,7 @@ def resolve_model_path(path: str) -> str:
         raise FileNotFoundError(f"model.path={path!r}: {path.split('/')[0]!r} is no user's home folder; "
                                 "fix the path") from None
     if p.exists():
+        p = _checkpointed_model(p)
         check_model_folder(p)
         return str(p.resolve())
     if path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(path) or ".." in path or "--" in path:
@@ -52,6 +53,22 @@ def resolve_model_path(path: str) -> str:
             f"fix the path, or use one of {list(EMBEDDED_MODELS)}"
         )
     return path  # a hub id; transformers and vLLM download it where a hub is reachable
+
+
+def _checkpointed_model(p: Path) -> Path:
+    """A run folder stands for the model of its latest checkpoint, a checkpoint folder for its model/ (so a second
+    stage, e.g. CURE stage 2, starts from `model.path=runs/cure_stage1`)."""
+    from rl.checkpoint import latest_checkpoint
+
+    if (p / "checkpoints").is_dir() and not (p / "config.json").exists():
+        latest = latest_checkpoint(p / "checkpoints")
+        if latest is None:
+            raise FileNotFoundError(f"model.path={str(p)!r} is a run folder without a complete checkpoint; finish that "
+                                    "run (or point model.path at a model folder)")
+        p = latest
+    if (p / "model" / "config.json").is_file() and not (p / "config.json").exists():
+        return p / "model"
+    return p
 
 
 def check_model_folder(folder: Path) -> None:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,10 @@ from rl.learner import Learner
 from rl.metrics import StepTimer, Tracker
 from rl.models import resolve_model_path
 from rollout.base import Sample
+from rollout.cure import assemble_group, branch_prompt, critical_position
 from rollout.fleet import RolloutFleet
+
+CURE_KEY = 0xC0E  # seeds CURE's choice of critical tokens and its continuations apart from the first samples
 
 
 def ray_init_kwargs(rc) -> dict:
@@ -291,6 +295,7 @@ class Trainer:
         want = cfg.trainer.prompts_per_step
         groups: list[tuple[int, list[Sample], torch.Tensor, dict]] = []  # (row, samples, rewards, per-fn rewards)
         tries, skipped, generated_count = 0, 0, 0
+        cure_stats: dict[str, list[float]] = {"branched": [], "prefix_len": [], "critical_entropy": []}
         while len(groups) < want and tries < (ds.max_tries if ds.enabled else 1):
             tries += 1
             rows = self.sampler.next_indices(want)
@@ -299,6 +304,9 @@ class Trainer:
                     [self.train_prompts[r] for r in rows], cfg.rollout.sampling,
                     [sample_seed(cfg.seed, step, r, tries) for r in rows],
                 )
+            if cfg.rollout.cure.enabled:  # CURE: each group grows by continuations from critical tokens
+                with timer("cure"):
+                    generated = self.cure_branch(step, rows, tries, generated, cure_stats)
             generated_count += sum(len(g) for g in generated)
             with timer("reward"):
                 scored = self.score(rows, generated)
@@ -331,11 +339,55 @@ class Trainer:
             [gi for gi, (_, g, _, _) in enumerate(groups) for _ in g], self.pad_id,
         )
         batch.rewards = torch.cat([total for _, _, total, _ in groups])
+        if cfg.rollout.cure.enabled:
+            batch.prefix_lengths = torch.tensor([s.prefix_len for s in samples], dtype=torch.long)
         metrics = self._rollout_metrics(groups, samples, batch)
+        if cure_stats["branched"]:
+            metrics |= {f"cure/{k}": float(np.mean(v)) if v else 0.0 for k, v in cure_stats.items()}
         metrics["dynamic_sampling/tries"] = float(tries)
         metrics["reward/skipped_samples"] = float(skipped)
         self._write_rollouts(step, groups)
         return batch, metrics
+
+    def cure_branch(self, step: int, rows: list[int], tries: int, generated: list[list[Sample]],
+                    stats: dict[str, list[float]]) -> list[list[Sample]]:
+        """CURE stage 1: the current policy's entropy at every response token (the learner), one critical position per
+        response (rollout/cure.py), `rollout.cure.branches` continuations from each prompt + prefix (the fleet);
+        group i becomes its n1 responses and their n1 * n2 continuations. Seeded per (step, row, try): reruns repeat."""
+        cfg, cure, tok = self.cfg, self.cfg.rollout.cure, self.tokenizer
+        flat = [s for g in generated for s in g]
+        probe = Batch.from_sequences([s.prompt_ids for s in flat], [s.response_ids for s in flat],
+                                     [s.logprobs for s in flat], range(len(flat)), self.pad_id)
+        _, entropy = ray.get(self.learner.compute_logprobs_and_entropy.remote(probe))
+        special, k = set(tok.all_special_ids), 0
+        points, branches = [], []  # per group: critical positions; flat: (group, sample, idx, seed)
+        for gi, (r, group) in enumerate(zip(rows, generated)):
+            rng = np.random.default_rng(sample_seed(cfg.seed, step, r, tries, CURE_KEY))
+            points.append([])
+            for si, s in enumerate(group):
+                n = len(s.prompt_ids)
+                h = entropy[k, n : n + len(s.response_ids)].tolist()
+                idx = critical_position(h, [tok.decode([t]) for t in s.response_ids],
+                                        [t in special for t in s.response_ids], cure, rng)
+                points[-1].append(idx)
+                stats["branched"].append(float(idx is not None))
+                if idx is not None:
+                    branches.append((gi, s, idx, sample_seed(cfg.seed, step, r, tries, CURE_KEY, si)))
+                    stats["prefix_len"].append(float(idx))
+                    stats["critical_entropy"].append(h[idx])
+                k += 1
+        if not branches:
+            return generated
+        max_tokens = cfg.rollout.sampling.max_tokens
+        sampling = replace(cfg.rollout.sampling, n=cure.branches, max_tokens=max_tokens - min(b[2] for b in branches))
+        kids = self.fleet.generate([branch_prompt(s, idx) for _, s, idx, _ in branches], sampling,
+                                   [seed for *_, seed in branches])
+        decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731 (as the engines decode)
+        out = []
+        for gi, group in enumerate(generated):
+            mine = [kid for (g, *_), kid in zip(branches, kids) if g == gi]
+            out.append(assemble_group(group, points[gi], mine, max_tokens, decode))
+        return out
 
     def score(self, rows: list[int], generated: list[list[Sample]]) -> list[tuple[torch.Tensor, dict, torch.Tensor]]:
         """All reward functions on all samples of the round at once; returned per group as (total, per function,
@@ -363,7 +415,7 @@ class Trainer:
         """Reward shaping (overlong, KL in reward), then the configured advantage estimator, copied to tokens."""
         alg = self.cfg.algorithm
         rewards = batch.rewards.clone()
-        lengths = batch.response_lengths
+        lengths = batch.answer_lengths
         truncated = lengths >= self.cfg.rollout.sampling.max_tokens
         metrics: dict[str, float] = {}
         if alg.overlong.buffer > 0:
@@ -385,7 +437,7 @@ class Trainer:
         return metrics
 
     def _rollout_metrics(self, groups, samples: list[Sample], batch: Batch) -> dict[str, float]:
-        lengths = batch.response_lengths
+        lengths = batch.answer_lengths
         m = {
             "reward/mean": float(batch.rewards.mean()),
             "reward/std": float(batch.rewards.std()) if len(batch) > 1 else 0.0,
@@ -409,8 +461,10 @@ class Trainer:
         with open(self.run_dir / "rollouts.jsonl", "a", encoding="utf-8") as f:
             for r, samples, total, _ in groups:
                 for s, rew in zip(samples, total.tolist()):
-                    f.write(json.dumps({"step": step, "row": r, "completion": s.text, "reward": rew,
-                                        "finish": s.finish_reason}, ensure_ascii=False) + "\n")
+                    record = {"step": step, "row": r, "completion": s.text, "reward": rew, "finish": s.finish_reason}
+                    if s.prefix_len:  # a CURE continuation: its first prefix_len tokens came from another sample
+                        record["prefix_len"] = s.prefix_len
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     # -- evaluation and checkpoints -------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, dict]:

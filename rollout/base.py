@@ -25,7 +25,8 @@ class Sample:
     response_ids: list[int]
     logprobs: list[float]  # log-prob of each response token under the engine's (unscaled) distribution
     finish_reason: str  # "stop" (eos or stop string) or "length" (hit max_tokens)
-    text: str
+    text: str  # the whole answer (for a CURE continuation: the reused prefix and the new tokens)
+    prefix_len: int = 0  # CURE: the last prefix_len prompt tokens are another response's tokens, not the prompt's
 
     @property
     def truncated(self) -> bool:

@@ -9,6 +9,7 @@ import ray
 import torch
 
 from rollout.base import RolloutEngine, Sample, SamplingConfig
+from rollout.cure import CureConfig
 from rollout.vllm_engine import cpu_env
 
 ENGINES = {"vllm": "rollout.vllm_engine:VLLMEngine", "hf": "rollout.hf_engine:HFEngine"}
@@ -29,6 +30,7 @@ class RolloutConfig:
     max_engine_restarts: int = 3  # replacements of dead engines within one generate/sync call before giving up
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=1, temperature=0.0, max_tokens=256))
+    cure: CureConfig = field(default_factory=CureConfig)  # branch responses at critical tokens (CURE stage 1)
 
 
 def _import(path: str):
