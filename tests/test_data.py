@@ -356,3 +356,16 @@ def test_sampler_refuses_a_state_from_other_data():
         PromptSampler(7, seed=6).load_state_dict(state)
     with pytest.raises(ValueError, match="out of range"):
         PromptSampler(7, seed=5).load_state_dict({**state, "position": 9})
+
+
+def test_offset_and_limit_slice_one_file_into_train_and_held_out(tmp_path):
+    from rl.data import DataConfig, DatasetConfig, load_dataset_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(f'{{"q": "What is {i}+0?", "a": "{i}"}}\n' for i in range(10)))
+    data = DataConfig()
+    train = load_dataset_rows(DatasetConfig(source=str(path), prompt_template="{q}", answer_column="a", limit=7), data)
+    held = load_dataset_rows(DatasetConfig(source=str(path), prompt_template="{q}", answer_column="a", offset=7), data)
+    assert train["answer"] == [str(i) for i in range(7)] and held["answer"] == ["7", "8", "9"]
+    with pytest.raises(ValueError, match="offset=-1"):
+        load_dataset_rows(DatasetConfig(source=str(path), offset=-1), data)
