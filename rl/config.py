@@ -21,6 +21,7 @@ from rl.data import DataConfig, DatasetConfig, check_dataset_config, check_promp
 from rl.kl import KL_ESTIMATORS, KLConfig
 from rl.learner import LearnerConfig
 from rl.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig
+from rl.planning import PLANNING, HicraConfig
 from rl.token_weights import SCOPES, TOKEN_WEIGHTS, TokenWeightConfig
 from rollout.fleet import ENGINES, RolloutConfig
 
@@ -54,6 +55,7 @@ class AlgorithmConfig:
     kl: KLConfig = field(default_factory=KLConfig)
     token_weights: TokenWeightConfig = field(default_factory=TokenWeightConfig)  # STEER, 80/20
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)  # DPH-RL
+    hicra: HicraConfig = field(default_factory=HicraConfig)  # planning-token advantage boost
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
 
@@ -328,6 +330,15 @@ def validate(cfg: Config) -> None:
     _check(0 < tw.steer.lambda_min <= 1, "algorithm.token_weights.steer.lambda_min must be in (0, 1]")
     _check(tw.steer.lambda_min <= tw.steer.lambda_max, "algorithm.token_weights.steer.lambda_max must be >= lambda_min")
     _check(0 < tw.high_entropy.rho <= 1, "algorithm.token_weights.high_entropy.rho must be in (0, 1] (1 keeps all tokens)")
+    hc = alg.hicra
+    _check(hc.alpha >= 0, "algorithm.hicra.alpha must be >= 0 (0 turns HICRA off; the paper uses 0.2)")
+    _check(hc.planning in PLANNING, f"algorithm.hicra.planning={hc.planning!r}; choose one of {list(PLANNING)}")
+    _check(1 <= hc.ngram_min <= hc.ngram_max, "algorithm.hicra.ngram_min/ngram_max: need 1 <= ngram_min <= ngram_max")
+    _check(hc.num_clusters >= 1 and hc.max_ngrams >= 1, "algorithm.hicra.num_clusters and max_ngrams must be >= 1")
+    _check(0 < hc.top_frac <= 1, "algorithm.hicra.top_frac must be in (0, 1]")
+    _check(hc.refit_every >= 0, "algorithm.hicra.refit_every must be >= 0 (0: fit once)")
+    _check(hc.planning != "phrases" or any(p.strip() for p in hc.phrases),
+           "algorithm.hicra.phrases is empty; list phrases or use planning=strategic_grams")
     dv = alg.divergence
     _check(dv.name == "none" or dv.name in F_DIVERGENCES,
            f"algorithm.divergence.name={dv.name!r}; choose none or one of {F_DIVERGENCES.names()}")

@@ -38,6 +38,7 @@ from rl.kl import kl_penalized_rewards, kl_penalty
 from rl.learner import Learner
 from rl.metrics import StepTimer, Tracker
 from rl.models import resolve_model_path
+from rl.planning import PlanningDetector, dense_mask, hicra_advantages
 from rollout.base import Sample
 from rollout.cure import assemble_group, branch_prompt, critical_position
 from rollout.fleet import RolloutFleet
@@ -81,6 +82,7 @@ class Trainer:
             self.eval_sets[name] = (rows, prompts)
         self.has_answers = "answer" in self.train_rows.column_names
         self.dph = self._load_dph() if cfg.algorithm.divergence.name != "none" else None
+        self.planning = PlanningDetector(cfg.algorithm.hicra, cfg.seed) if cfg.algorithm.hicra.alpha > 0 else None
         self.sampler = PromptSampler(len(self.train_rows), cfg.data.seed, cfg.data.shuffle)
         self.step, self.bad_steps, self.start_results, self._last_failure = 0, 0, None, ""
         if self.resume_from is not None:
@@ -150,6 +152,8 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.bad_steps = int(state.get("bad_steps", 0))
+        if self.planning is not None and state.get("hicra") is not None:
+            self.planning.load_state_dict(state["hicra"])
         self.start_results = state.get("start_results")
 
     def _check_disk(self) -> None:
@@ -231,6 +235,9 @@ class Trainer:
             batch, metrics = self.collect_rollouts(step, timer)  # generate + score (+ dynamic sampling)
             with timer("advantage"):
                 metrics |= self.compute_advantages(batch)
+            if self.planning is not None:  # HICRA: a larger advantage on planning tokens
+                with timer("hicra"):
+                    metrics |= self.boost_planning(batch, step)
             if self.dph is not None:  # DPH-RL: pi0's samples join the batch for the divergence term only
                 extra = self.dph.batch(sample_seed(cfg.seed, step, -1), cfg.algorithm.divergence.samples_per_step,
                                        self.pad_id)
@@ -436,6 +443,14 @@ class Trainer:
         metrics["reward/shaped_mean"] = float(rewards.mean())
         return metrics
 
+    def boost_planning(self, batch: Batch, step: int) -> dict[str, float]:
+        """HICRA: A' = A + alpha |A| on the planning tokens of each response (rl/planning.py)."""
+        responses = [batch.input_ids[i][batch.response_mask[i] > 0].tolist() for i in range(len(batch))]
+        flags, metrics = self.planning(responses, self.tokenizer, step)
+        batch.advantages = hicra_advantages(batch.advantages, dense_mask(batch.response_mask, flags),
+                                            self.cfg.algorithm.hicra.alpha)
+        return metrics
+
     def _rollout_metrics(self, groups, samples: list[Sample], batch: Batch) -> dict[str, float]:
         lengths = batch.answer_lengths
         m = {
@@ -482,6 +497,7 @@ class Trainer:
         state = {
             "step": step, "sampler": self.sampler.state_dict(), "rng": rng_state(), "bad_steps": self.bad_steps,
             "start_results": self.start_results, "seed": self.cfg.seed, "data_stats": self.data_stats,
+            "hicra": self.planning.state_dict() if self.planning is not None else None,
             # rollouts need no engine state: prompt i of step s, try t is sampled with this seed on any engine
             "rollout_seeds": "SeedSequence([seed, step, row, try])",
         }
