@@ -234,3 +234,21 @@ def test_dph_divergence_term_is_micro_batch_invariant(tiny_model_path):
     a, _ = _delta(_learner(tiny_model_path, micro=6, divergence=div), _dph_batch())
     b, _ = _delta(_learner(tiny_model_path, micro=2, divergence=div), _dph_batch())
     assert _close(a, b)
+
+
+def test_methods_compose_steer_and_80_20_on_dapo_clip_with_a_forward_kl_term(tiny_model_path):
+    """STEER x 80/20 weights, DAPO's clip-higher and DPH's forward KL in one update: micro-batching still does not
+    change it, and each part is active (weights below 1, tokens masked, a divergence term)."""
+    w = TokenWeightConfig(methods=["steer_exp", "high_entropy"])
+    w.high_entropy.rho = 0.5
+    div = DivergenceConfig(name="forward_kl", eta=0.2)
+
+    def learner(micro):
+        lr = _learner(tiny_model_path, micro=micro, weights=w, divergence=div)
+        lr.loss_cfg = PolicyLossConfig(clip_low=0.2, clip_high=0.28)
+        return lr
+
+    a, m = _delta(learner(6), _dph_batch())
+    b, _ = _delta(learner(2), _dph_batch())
+    assert _close(a, b)
+    assert m["divergence"] > 0 and m["token_weight/masked_frac"] > 0 and m["token_weight/mean"] < 0.6
