@@ -334,7 +334,8 @@ def validate(cfg: Config) -> None:
     _check(hc.alpha >= 0, "algorithm.hicra.alpha must be >= 0 (0 turns HICRA off; the paper uses 0.2)")
     _check(hc.planning in PLANNING, f"algorithm.hicra.planning={hc.planning!r}; choose one of {list(PLANNING)}")
     _check(1 <= hc.ngram_min <= hc.ngram_max, "algorithm.hicra.ngram_min/ngram_max: need 1 <= ngram_min <= ngram_max")
-    _check(hc.num_clusters >= 1 and hc.max_ngrams >= 1, "algorithm.hicra.num_clusters and max_ngrams must be >= 1")
+    _check(hc.num_clusters >= 1 and hc.max_ngrams >= 1 and hc.min_doc_freq >= 1,
+           "algorithm.hicra.num_clusters, max_ngrams and min_doc_freq must be >= 1")
     _check(0 < hc.top_frac <= 1, "algorithm.hicra.top_frac must be in (0, 1]")
     _check(hc.refit_every >= 0, "algorithm.hicra.refit_every must be >= 0 (0: fit once)")
     _check(hc.planning != "phrases" or any(p.strip() for p in hc.phrases),

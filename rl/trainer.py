@@ -446,7 +446,7 @@ class Trainer:
     def boost_planning(self, batch: Batch, step: int) -> dict[str, float]:
         """HICRA: A' = A + alpha |A| on the planning tokens of each response (rl/planning.py)."""
         responses = [batch.input_ids[i][batch.response_mask[i] > 0].tolist() for i in range(len(batch))]
-        flags, metrics = self.planning(responses, self.tokenizer, step)
+        flags, metrics = self.planning(None, responses, self.tokenizer, step)  # fitted on the decoded responses
         batch.advantages = hicra_advantages(batch.advantages, dense_mask(batch.response_mask, flags),
                                             self.cfg.algorithm.hicra.alpha)
         return metrics
