@@ -84,7 +84,8 @@ def load(folder: Path) -> tuple[list[dict], dict]:
     for line in (folder / "metrics.jsonl").read_text().splitlines():
         m = json.loads(line)
         steps.setdefault(m["step"], {}).update(m)
-    return [steps[s] for s in sorted(steps)], json.loads((folder / "results.json").read_text())
+    training = [steps[s] for s in sorted(steps) if s >= 1]  # step 0 holds the start evaluation only
+    return training, json.loads((folder / "results.json").read_text())
 
 
 def mean_sd(values: list[float]) -> str:
