@@ -18,16 +18,13 @@ runs/variants_evidence (--runs).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RLVR = [sys.executable, "-m", "rl.cli"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arms import REPO, RLVR, load, mean_sd, run  # noqa: E402
 
 ARMS = {  # name: (recipe, extra overrides)
     "grpo": ("quickstart.yaml", []),
@@ -52,15 +49,6 @@ def common(steps: int, seed: int) -> list[str]:
     ]
 
 
-def run(cmd: list[str], log: Path) -> None:
-    t0 = time.time()
-    with open(log, "w") as f:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
-    print(f"  {' '.join(cmd[3:5])} ... rc={rc} in {time.time() - t0:.0f} s (log {log})", flush=True)
-    if rc != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}; see {log}")
-
-
 def run_arm(arm: str, seed: int, steps: int, runs_dir: Path) -> Path:
     folder = runs_dir / f"{arm}_s{seed}"
     if (folder / "results.json").exists():
@@ -77,23 +65,6 @@ def run_arm(arm: str, seed: int, steps: int, runs_dir: Path) -> Path:
     run(RLVR + ["train", f"recipes/{recipe}"] + overrides, folder.parent / f"{arm}_s{seed}.log")
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # 1.5 GB each; the logs and results stay
     return folder
-
-
-def load(folder: Path) -> tuple[list[dict], dict]:
-    steps = {}
-    for line in (folder / "metrics.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        steps.setdefault(m["step"], {}).update(m)
-    training = [steps[s] for s in sorted(steps) if s >= 1]  # step 0 holds the start evaluation only
-    return training, json.loads((folder / "results.json").read_text())
-
-
-def mean_sd(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def report(out: Path, runs_dir: Path, seeds: list[int], steps: int) -> None:
@@ -139,15 +110,14 @@ def report(out: Path, runs_dir: Path, seeds: list[int], steps: int) -> None:
                 extra.append(f"{arm} {k.split('/', 1)[1]}: {mean_sd([statistics.mean(v) for v in per_step(arm, k)])}")
     lines += ["", "Method statistics (mean over steps): " + "; ".join(extra), ""]
 
-    start = {s: runs[("grpo", s)][1].get("start") for s in seeds if ("grpo", s) in runs}
+    start = {s: r for s in seeds if ("grpo", s) in runs and (r := runs[("grpo", s)][1].get("start"))}
     lines += ["## Diversity: pass@k before and after", "",
               "Unbiased pass@k from 8 samples per problem (T = 0.6), 64 held-out arithmetic problems (in domain) and 64 "
               "SVAMP problems (out of domain). `start` is the initial model (evaluated once per seed: every arm starts "
               "from it with the same evaluation seeds).", ""]
     for ev in ("heldout", "svamp"):
         lines += [f"### {ev}", "", "| arm | " + " | ".join(f"pass@{k}" for k in KS) + " |", "|---" * (1 + len(KS)) + "|"]
-        lines.append("| start | " + " | ".join(mean_sd([start[s][ev][f"pass@{k}"] for s in start if start[s]])
-                                               for k in KS) + " |")
+        lines.append("| start | " + " | ".join(mean_sd([start[s][ev][f"pass@{k}"] for s in start]) for k in KS) + " |")
         for arm in [a for a in DIVERSITY_ARMS if a in arms]:
             vals = [[runs[(arm, s)][1]["end"][ev][f"pass@{k}"] for s in seeds if (arm, s) in runs] for k in KS]
             lines.append(f"| {arm} | " + " | ".join(mean_sd(v) for v in vals) + " |")
