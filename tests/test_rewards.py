@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewards import REWARDS, RewardError, RewardManager, RewardPolicyConfig, RewardSpec, answers_match, extract_answer, load_reward
+from rewards import REWARDS, RewardActorConfig, RewardError, RewardManager, RewardPolicyConfig, RewardSpec, answers_match, extract_answer, load_reward
 from rewards.answers import format_reward, math_verify_reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def test_math_verify_and_format_rewards():
 
 def test_user_reward_by_dotted_path_with_kwargs():
     label, fn = load_reward(RewardSpec(fn="tests.reward_fixtures:constant", kwargs={"value": 0.25}))
-    assert label == "constant" and fn(["p"], ["c", "d"]) == [0.25, 0.25]
+    assert label == "constant" and fn(["p"], ["c", "d"], {}) == [0.25, 0.25]
     label, _ = load_reward(RewardSpec(fn="tests.reward_fixtures.uses_columns", label="exact"))
     assert label == "exact"
     m = RewardManager([RewardSpec(fn="tests.reward_fixtures:constant", kwargs={"value": 0.25}, weight=2.0)])
@@ -195,3 +196,111 @@ def test_math_verify_is_thread_safe():
         chunks = list(pool.map(lambda k: math_verify_reward(None, completions[k::4], answer=golds[k::4]), range(4)))
     threaded = [chunks[i % 4][i // 4] for i in range(200)]
     assert threaded == serial and sum(serial) == 200
+
+
+def test_per_sample_and_async_rewards_get_their_row():
+    prompts, completions, columns = ["p"] * 4, ["1", "2", " 3 ", "x"], {"answer": ["1", "5", "3", "4"]}
+    m = RewardManager([RewardSpec(fn="tests.reward_fixtures:exact_one", per_sample=True, max_concurrency=2),
+                       RewardSpec(fn="tests.reward_fixtures:exact_one_async", per_sample=True, label="a"),
+                       RewardSpec(fn="tests.reward_fixtures:lengths_async", weight=0.0)])
+    out = m(prompts, completions, columns)
+    assert out.per_function["exact_one"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert out.per_function["a"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert out.per_function["lengths_async"].tolist() == [1.0, 1.0, 3.0, 1.0]
+    assert out.extras["a/chars"].tolist() == [1.0, 1.0, 3.0, 1.0] and "a/note" not in out.extras  # numbers only
+    assert out.info[2] == {"a": {"chars": 3, "note": "async"}}  # everything, for rollouts.jsonl
+
+
+def test_a_per_sample_reward_fails_only_on_its_sample():
+    spec = RewardSpec(fn="tests.reward_fixtures:exact_one", per_sample=True)
+    out = RewardManager([spec], RewardPolicyConfig(on_error="skip"))(["p"] * 3, ["1", "boom", "1"], {"answer": [1] * 3})
+    assert out.failed.tolist() == [False, True, False] and out.total[0] == 1.0
+    assert "cannot score 'boom'" in out.failures[0].reason and "Traceback" in out.failures[0].reason
+    with pytest.raises(RewardError, match="failed on sample 1"):
+        RewardManager([spec])(["p"] * 3, ["1", "boom", "1"], {"answer": [1] * 3})
+
+
+def test_extra_info_is_kept_per_sample_and_selected_with_the_samples():
+    out = RewardManager([RewardSpec(fn="tests.reward_fixtures:with_extras")])(["p"] * 3, ["a", "b", "c"], {})
+    assert out.total.tolist() == [1.0, 0.5, 1.0]
+    assert out.extras["with_extras/searches"].tolist()[0::2] == [0.0, 2.0] and out.extras["with_extras/searches"][1].isnan()
+    part = out.select(torch.tensor([2]))
+    assert part.info == [{"with_extras": {"searches": 2, "facts": ["x", "x"]}}] and part.total.tolist() == [1.0]
+    bad = RewardManager([RewardSpec(fn="tests.reward_fixtures:returns", kwargs={"values": [{"score": 1}]})])
+    with pytest.raises(RewardError, match="without a 'reward' key"):
+        bad(["p"], ["a"], {})
+
+
+def test_rewards_registered_through_an_entry_point(tmp_path, monkeypatch):
+    """An installed package can add rewards by name: `[project.entry-points."rlvr.rewards"] my_reward = "pkg:fn"`."""
+    dist = tmp_path / "my_rlvr_rewards-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-rlvr-rewards\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[rlvr.rewards]\nlength_even = tests.reward_fixtures:length_parity\n"
+                                           "broken_ep = tests.reward_fixtures:nope\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from rewards import known_rewards
+
+    assert "length_even" in known_rewards() and "math_verify" in known_rewards()
+    label, fn = load_reward(RewardSpec(name="length_even"))
+    assert label == "length_even" and fn(["p"] * 2, ["ab", "abc"], {}) == [1.0, 0.0]
+    with pytest.raises(ValueError, match=r"rewards\[0\]: entry point 'broken_ep'"):
+        load_reward(RewardSpec(name="broken_ep"))
+
+
+@pytest.mark.integration
+def test_a_reward_class_runs_as_ray_actors(ray_cluster):
+    spec = RewardSpec(fn="tests.reward_fixtures:LengthScorer", kwargs={"scale": 2.0},
+                      actor=RewardActorConfig(replicas=2, num_cpus=0))
+    m = RewardManager([spec], RewardPolicyConfig(on_error="skip"))
+    m.start()
+    try:
+        out = m(["p"] * 4, ["a", "bb", "ccc", "dddd"], {})
+        assert out.total.tolist() == [2.0, 4.0, 6.0, 8.0] and not out.failed.any()
+        pids = out.extras["LengthScorer/pid"].tolist()
+        assert pids[0] == pids[1] != pids[2] == pids[3] and os.getpid() not in pids  # two actors, a shard each
+        out = m(["p"] * 4, ["a", "bb", "boom", "dddd"], {})
+        assert out.total[[0, 1, 3]].tolist() == [2.0, 4.0, 8.0] and out.failed.tolist() == [False, False, True, False]
+        assert "LengthScorer cannot score 'boom'" in out.failures[0].reason  # found sample by sample, user's message
+    finally:
+        m.shutdown()
+    broken = RewardManager([RewardSpec(fn="tests.reward_fixtures:BrokenScorer", actor=RewardActorConfig(num_cpus=0))])
+    with pytest.raises(ValueError, match="(?s)actor failed to start.*no weights for the judge"):
+        broken.start()
+
+
+@pytest.mark.integration
+def test_the_custom_reward_example_runs(ray_cluster):
+    """examples/custom_reward.yaml (the README's example): rewards loaded from a file path, a per-sample function and
+    a class whose code reaches its Ray actor by value."""
+    from rl.config import load_config
+
+    cfg = load_config(str(ROOT / "examples" / "custom_reward.yaml"), [])
+    m = RewardManager(cfg.rewards, cfg.reward_policy)
+    m.start()
+    try:
+        out = m(["p"] * 2, ["3 + 4 = 7. The answer is 7.", "I think 8"], {"answer": ["7", "7"], "trainer_step": [1, 1]})
+    finally:
+        m.shutdown()
+    assert out.per_function["math_verify"].tolist() == [1.0, 0.0] and out.per_function["shows_work"][0] == 1.0
+    assert out.per_function["shows_work"][1].isnan() and out.extras["brevity/words"].tolist() == [9.0, 3.0]
+    assert out.per_function["LengthJudge"].tolist() == pytest.approx([1 - 16 / 25, 1 - 22 / 25])
+    assert out.total[0] == pytest.approx(1.0 + 0.1 * 1.0 + 0.2 * 1.0 + 0.1 * (1 - 16 / 25))
+
+
+def test_a_reward_file_path_that_is_wrong_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"rewards\[0\]: reward fn 'nope/missing.py:f': 'nope/missing.py' is not a file"):
+        load_reward(RewardSpec(fn="nope/missing.py:f"))
+    (tmp_path / "r.py").write_text("def f(prompts, completions, **kw):\n    return [2.0] * len(completions)\n")
+    label, fn = load_reward(RewardSpec(fn=f"{tmp_path}/r.py:f"))
+    assert label == "f" and fn(["p"], ["c"], {}) == [2.0]
+
+
+def test_reward_state_round_trips_through_the_manager():
+    specs = [RewardSpec(fn="tests.reward_fixtures:Counter", actor=RewardActorConfig(replicas=0)), RewardSpec(name="format")]
+    m = RewardManager(specs)
+    m(["p"] * 3, ["a", "b", "c"], {})
+    assert m.state_dict() == {"Counter": {"seen": 3}}  # stateless rewards save nothing
+    resumed = RewardManager(specs)
+    resumed.load_state_dict(m.state_dict())
+    assert resumed(["p"], ["d"], {}).per_function["Counter"].tolist() == m(["p"], ["d"], {}).per_function["Counter"].tolist() == [4.0]

@@ -1,0 +1,577 @@
+"""Loading and running reward functions: specs, the four kinds of scorer, failure policy, the weighted sum.
+
+A spec names a callable (a built-in `name`, an entry point of the `rlvr.rewards` group, or a dotted-path `fn`). What
+the callable is decides how it runs:
+
+- a function with TRL's signature `fn(prompts, completions, **columns) -> list` (the default), or `async def`;
+- with `per_sample: true`, `fn(prompt, completion, **row) -> value` (or `async def`), called on up to
+  `max_concurrency` samples at once (threads, or one event loop for async functions);
+- a class: a heavy scorer (an NLI or embedding model, an LLM judge on a vLLM engine) that runs as `actor.replicas`
+  Ray actors, built once with `kwargs`, each scoring a contiguous shard of the batch through `__call__(prompts,
+  completions, **columns)` (sync or async), on its own CPUs/GPUs so that scoring does not block the driver or learner;
+  `actor.replicas: 0` builds it once in the driver instead.
+
+A value is a number, None ("does not apply": left out of the weighted sum, as in TRL), or a dict with a "reward" key
+and extra per-sample info (components, facts found, number of searches): numeric extras are logged as
+`reward/<label>/<key>`, all of them go to rollouts.jsonl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from math import isfinite  # not `import math`: a submodule rewards.math would shadow it here
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from rewards.registry import REWARDS
+
+_NAN = float("nan")
+ENTRY_POINT_GROUP = "rlvr.rewards"
+
+
+@dataclass
+class RewardActorConfig:
+    """Resources of a class-based reward, which runs as Ray actors."""
+
+    replicas: int = 1  # actors; a batch is split into contiguous shards, one per actor; 0: one instance, in-process
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class RewardSpec:
+    name: str | None = None  # a built-in (math_verify, format, knowrl, ...) or an entry point of group rlvr.rewards
+    fn: str | None = None  # or "my_pkg.my_mod:my_reward" or "path/to/file.py:my_reward" (a function or a class)
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the function / the class constructor
+    label: str | None = None  # name in the metrics; default: name or the function's __name__
+    per_sample: bool = False  # fn(prompt, completion, **row) -> value, called concurrently over the samples
+    max_concurrency: int = 16  # per_sample: calls in flight at once
+    actor: RewardActorConfig = field(default_factory=RewardActorConfig)  # a class: its Ray actors
+
+
+def _import_file(path: str, file: Path):
+    """A user's .py file as a module (named after its absolute path, so two files never clash); its code travels to
+    Ray actors by value, since the workers cannot import it by name."""
+    name = "rlvr_user_reward_" + hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, file)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(mod)
+    return sys.modules[name]
+
+
+def _import_path(path: str) -> Callable:
+    module, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    if not module or not attr:
+        raise ValueError(f"reward fn {path!r}: write it as 'package.module:function' or 'path/to/file.py:function'")
+    if module.endswith(".py") and not Path(module).expanduser().is_file():
+        raise ValueError(f"reward fn {path!r}: {module!r} is not a file (a relative path is read from the working "
+                         f"directory, {os.getcwd()})")
+    try:
+        mod = _import_file(path, Path(module).expanduser()) if module.endswith(".py") else importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"reward fn {path!r}: cannot import module {module!r} ({e}); put it on PYTHONPATH or give "
+                         "the file: fn: path/to/file.py:function") from e
+    except Exception as e:  # the module itself is broken (SyntaxError, an error at import time)
+        raise ValueError(f"reward fn {path!r}: importing {module!r} failed: {type(e).__name__}: {e}") from e
+    try:
+        fn = getattr(mod, attr)
+    except AttributeError:
+        raise ValueError(f"reward fn {path!r}: module {module!r} has no attribute {attr!r}") from None
+    if not callable(fn):
+        raise ValueError(f"reward fn {path!r} is not callable")
+    return fn
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def known_rewards() -> list[str]:
+    """Built-in names and the names installed packages register under the `rlvr.rewards` entry point group."""
+    return sorted(set(REWARDS.names()) | set(_entry_points()))
+
+
+def check_spec(spec: RewardSpec, index: int = 0) -> None:
+    """The checks that need no import; a ValueError naming rewards[index]."""
+    where = f"rewards[{index}]"
+    if (spec.name is None) == (spec.fn is None):
+        raise ValueError(f"{where}: give exactly one of name (a built-in) or fn (a dotted path)")
+    if not isinstance(spec.kwargs, Mapping):
+        raise ValueError(f"{where}.kwargs must be a mapping, got {type(spec.kwargs).__name__}")
+    if isinstance(spec.weight, bool) or not isinstance(spec.weight, (int, float)) or not isfinite(spec.weight):
+        raise ValueError(f"{where}.weight must be a finite number, got {spec.weight!r}")
+    if not (isinstance(spec.max_concurrency, int) and spec.max_concurrency >= 1):
+        raise ValueError(f"{where}.max_concurrency must be an integer >= 1, got {spec.max_concurrency!r}")
+    a = spec.actor
+    if not (a.replicas >= 0 and a.num_cpus >= 0 and a.num_gpus >= 0):
+        raise ValueError(f"{where}.actor: replicas, num_cpus and num_gpus must be >= 0, got {a}")
+    if spec.name is not None and spec.name not in REWARDS and spec.name not in _entry_points():
+        raise ValueError(f"{where}.name: unknown reward {spec.name!r}; choose one of: {', '.join(known_rewards())}, "
+                         "or use fn: my_pkg.my_mod:my_fn")
+
+
+def _resolve(spec: RewardSpec) -> Callable:
+    if spec.fn is not None:
+        return _import_path(spec.fn)
+    if spec.name in REWARDS:
+        return REWARDS.get(spec.name)
+    ep = _entry_points()[spec.name]
+    try:
+        fn = ep.load()
+    except Exception as e:
+        raise ValueError(f"entry point {spec.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
+    if not callable(fn):
+        raise ValueError(f"entry point {spec.name!r} ({ep.value}) is not callable")
+    return fn
+
+
+def load_reward(spec: RewardSpec, index: int = 0) -> tuple[str, Callable]:
+    """(label, scorer) for one spec: a callable `scorer(prompts, completions, columns) -> list of values`.
+    A ValueError naming rewards[index] if the spec is wrong; a class's actors start on the first call."""
+    check_spec(spec, index)
+    try:
+        fn = _resolve(spec)
+    except ValueError as e:
+        raise ValueError(f"rewards[{index}]: {e.args[0]}") from None
+    label = spec.label or spec.name or getattr(fn, "__name__", f"reward_{index}")
+    if inspect.isclass(fn) and spec.actor.replicas == 0:  # built here, once, and called in this process
+        try:
+            return label, BatchScorer(fn(**spec.kwargs))
+        except Exception as e:
+            raise ValueError(f"rewards[{index}]: {fn.__name__}(**{dict(spec.kwargs)}) failed: "
+                             f"{type(e).__name__}: {e}") from e
+    if inspect.isclass(fn):
+        return label, ActorScorer(fn, dict(spec.kwargs), spec.actor, label)
+    bound = functools.partial(fn, **spec.kwargs) if spec.kwargs else fn
+    return label, (PerSampleScorer(bound, spec.max_concurrency) if spec.per_sample else BatchScorer(bound))
+
+
+# -- the scorers: (prompts, completions, columns) -> list of raw values, or SampleError per failed sample -----
+
+
+class SampleError:
+    """A per-sample call that raised: the traceback stands in for the value."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _format_exc(e: BaseException) -> str:
+    return "".join(traceback.format_exception(e)).rstrip()
+
+
+def _resolve_awaitable(value):
+    if inspect.isawaitable(value):
+        async def wait():
+            return await value
+        return asyncio.run(wait())
+    return value
+
+
+class BatchScorer:
+    """TRL's signature, sync or async: one call scores the batch."""
+
+    per_sample = False
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, prompts: list, completions: list, columns: dict[str, list]) -> list:
+        return _resolve_awaitable(self.fn(prompts, completions, **columns))
+
+    def state_dict(self):
+        return self.fn.state_dict() if hasattr(self.fn, "state_dict") else None
+
+    def load_state_dict(self, state) -> None:
+        self.fn.load_state_dict(state)
+
+
+class PerSampleScorer:
+    """fn(prompt, completion, **row) per sample, up to max_concurrency at once: daemon threads for a sync function
+    (so a hung call never blocks the process from exiting), one event loop for an async one."""
+
+    per_sample = True
+
+    def __init__(self, fn: Callable, max_concurrency: int):
+        self.fn, self.max_concurrency = fn, max_concurrency
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, prompts: list, completions: list, columns: dict[str, list]) -> list:
+        rows = [{k: v[i] for k, v in columns.items()} for i in range(len(completions))]
+        if inspect.iscoroutinefunction(self.fn):
+            return asyncio.run(self._gather(prompts, completions, rows))
+        out: list = [None] * len(completions)
+        slots = threading.BoundedSemaphore(self.max_concurrency)
+        threads = []
+
+        def one(i: int) -> None:
+            try:
+                out[i] = self.fn(prompts[i], completions[i], **rows[i])
+            except Exception as e:  # noqa: BLE001  (reported per sample with its traceback)
+                out[i] = SampleError(_format_exc(e))
+            finally:
+                slots.release()
+
+        for i in range(len(completions)):
+            slots.acquire()
+            threads.append(threading.Thread(target=one, args=(i,), daemon=True, name="reward-sample"))
+            threads[-1].start()
+        for t in threads:
+            t.join()
+        return out
+
+    async def _gather(self, prompts, completions, rows) -> list:
+        slots = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(i: int):
+            async with slots:
+                try:
+                    return await self.fn(prompts[i], completions[i], **rows[i])
+                except Exception as e:  # noqa: BLE001
+                    return SampleError(_format_exc(e))
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(completions)))))
+
+
+class _RewardActor:
+    """The Ray actor around a user's scorer class (made remote in ActorScorer.start)."""
+
+    def __init__(self, cls: type, kwargs: dict):
+        self.scorer = cls(**kwargs)
+
+    async def score(self, prompts: list, completions: list, columns: dict[str, list]) -> list:
+        out = self.scorer(prompts, completions, **columns)
+        return list(await out) if inspect.isawaitable(out) else list(out)
+
+    def state_dict(self):
+        return self.scorer.state_dict() if hasattr(self.scorer, "state_dict") else None
+
+    def load_state_dict(self, state) -> None:
+        self.scorer.load_state_dict(state)
+
+
+class ActorScorer:
+    """A scorer class run as Ray actors; the batch is split across them and their calls run in parallel."""
+
+    per_sample = False
+
+    def __init__(self, cls: type, kwargs: dict, cfg: RewardActorConfig, label: str):
+        self.cls, self.kwargs, self.cfg, self.label = cls, kwargs, cfg, label
+        self.__name__ = cls.__name__
+        self.actors: list = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        import ray
+
+        with self._lock:
+            if self.actors:
+                return
+            remote = ray.remote(_RewardActor).options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus,
+                                                     max_concurrency=64)
+            actors = [remote.remote(self.cls, self.kwargs) for _ in range(self.cfg.replicas)]
+            try:
+                ray.get([a.__ray_ready__.remote() for a in actors])
+            except ray.exceptions.RayActorError as e:
+                raise ValueError(f"reward {self.label!r}: its actor failed to start ({self.cls.__name__}"
+                                 f"(**{self.kwargs})): {e}") from None
+            self.actors = actors
+
+    def __call__(self, prompts: list, completions: list, columns: dict[str, list]) -> list:
+        import ray
+
+        self.start()
+        k, n = len(self.actors), len(completions)
+        bounds = [round(i * n / k) for i in range(k + 1)]
+        refs = [a.score.remote(prompts[lo:hi], completions[lo:hi], {c: v[lo:hi] for c, v in columns.items()})
+                for a, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]
+        try:
+            return [v for shard in ray.get(refs) for v in shard]
+        except ray.exceptions.RayTaskError as e:  # the user's exception, with its traceback, raised again here
+            raise e.as_instanceof_cause() from None
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+    def state_dict(self):
+        """The first replica's state (a stateful scorer should run one replica: each replica sees only its shard)."""
+        import ray
+
+        self.start()
+        return ray.get(self.actors[0].state_dict.remote())
+
+    def load_state_dict(self, state) -> None:
+        import ray
+
+        self.start()
+        ray.get([a.load_state_dict.remote(state) for a in self.actors])
+
+
+# -- running them --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RewardPolicyConfig:
+    """What happens when a reward function misbehaves (raises, hangs, returns NaN/inf/a non-number/the wrong count)."""
+
+    on_error: str = "fail"  # fail: stop, showing the reward, prompt, completion, traceback | skip: drop the sample
+    timeout_s: float | None = 300.0  # per call of one function on one step's samples; null: no limit
+    max_skip_frac: float = 0.5  # skip: stop anyway when more than this fraction of a step's samples is dropped
+
+
+class RewardError(RuntimeError):
+    """A reward function failed; the message names it and shows the sample and traceback."""
+
+
+@dataclass
+class RewardFailure:
+    label: str
+    reason: str  # what went wrong, with the traceback where there is one
+    index: int | None  # the sample, or None when the whole call failed (timeout, wrong count)
+
+
+@dataclass
+class RewardOutput:
+    total: torch.Tensor  # [N] weighted sum over functions, None entries skipped; NaN where the sample was not scored
+    per_function: dict[str, torch.Tensor]  # label -> [N] raw values, NaN for None or failure
+    failed: torch.Tensor = None  # [N] bool: a function failed on the sample, or every function returned None
+    failures: list[RewardFailure] = field(default_factory=list)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # "label/key" -> [N] numeric extra info, NaN if absent
+    info: list[dict] = field(default_factory=list)  # per sample: {label: {key: value}} as the functions returned it
+
+    def select(self, index) -> RewardOutput:
+        """The samples at `index` (a slice or an index tensor)."""
+        pick = (lambda xs: xs[index]) if isinstance(index, slice) else (lambda xs: [xs[i] for i in index.tolist()])
+        return RewardOutput(self.total[index], {k: v[index] for k, v in self.per_function.items()},
+                            self.failed[index], [], {k: v[index] for k, v in self.extras.items()}, pick(self.info))
+
+
+def _run_with_timeout(fn: Callable, timeout: float | None):
+    """fn() in a daemon thread; (result, None) or (None, error text). A call that hangs is abandoned, not joined:
+    Python cannot stop a thread, but the run goes on (skip) or stops with a message (fail)."""
+    box: dict[str, Any] = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001  (reported with its traceback)
+            box["error"] = _format_exc(e)
+
+    thread = threading.Thread(target=target, daemon=True, name="reward-call")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return None, f"did not return within {timeout:g} s (reward_policy.timeout_s)"
+    return box.get("value"), box.get("error")
+
+
+def _number(v, i: int) -> tuple[float, str | None]:
+    """(value, problem) for sample i's value: None -> NaN ("does not apply"); bools count as 0/1, as in TRL."""
+    if v is None:
+        return _NAN, None
+    wrong = f"returned {v!r} (a {type(v).__name__}) for sample {i}; expected a number or None"
+    if isinstance(v, (str, bytes)):
+        return _NAN, wrong
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return _NAN, wrong
+    if not isfinite(x):
+        return _NAN, f"returned {x} for sample {i}; use None for 'does not apply'"
+    return x, None
+
+
+class RewardManager:
+    """Runs every configured reward on a batch, one thread per function, and sums them with their weights.
+
+    Specs are loaded (imported, kwargs bound, labels checked) in the constructor, so a config error surfaces before
+    any model or engine starts; `RewardManager.validate(specs)` does the same checks without building a manager.
+    A function that raises, hangs past the timeout, or returns NaN/inf, a non-number or the wrong count fails the
+    samples it was called on; `policy.on_error` says whether that stops the run or drops those samples. It is never
+    turned into a zero. `submit` scores in the background (a Future), so the caller can go on generating.
+    """
+
+    def __init__(self, specs: list[RewardSpec], policy: RewardPolicyConfig | None = None):
+        loaded = self.validate(specs)
+        self.policy = policy or RewardPolicyConfig()
+        self.functions = [(label, fn, float(s.weight)) for (label, fn), s in zip(loaded, specs)]
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reward-batch")
+        self._actor_state: dict = {}  # state for actors that have not started yet
+
+    @staticmethod
+    def validate(specs: list[RewardSpec]) -> list[tuple[str, Callable]]:
+        """Load every spec; a ValueError naming rewards[i] for the first bad one. Returns [(label, scorer)]."""
+        if not specs:
+            raise ValueError("rewards: give at least one reward function")
+        loaded = [load_reward(s, i) for i, s in enumerate(specs)]
+        labels = [label for label, _ in loaded]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"rewards: two rewards share a label ({labels}); set `label` on one of them")
+        return loaded
+
+    def start(self) -> None:
+        """Start the Ray actors of class-based rewards (Ray must be up); a constructor error is raised here. State
+        loaded before (a resumed run) is handed to them now."""
+        for label, fn, _ in self.functions:
+            if isinstance(fn, ActorScorer):
+                fn.start()
+                if label in self._actor_state:
+                    fn.load_state_dict(self._actor_state.pop(label))
+
+    def state_dict(self) -> dict:
+        """{label: state} of the rewards that keep state between calls (a moving threshold, say): saved in checkpoints
+        so that a resumed run scores as the uninterrupted one would. Must be JSON-serialisable."""
+        out = {}
+        for label, fn, _ in self.functions:
+            if hasattr(fn, "state_dict") and (state := fn.state_dict()) is not None:
+                out[label] = state
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        for label, fn, _ in self.functions:
+            if label not in state:
+                continue
+            if isinstance(fn, ActorScorer) and not fn.actors:  # its actors start with the cluster
+                self._actor_state[label] = state[label]
+            else:
+                fn.load_state_dict(state[label])
+
+    def shutdown(self) -> None:
+        for _, fn, _ in self.functions:
+            if isinstance(fn, ActorScorer):
+                fn.shutdown()
+
+    @staticmethod
+    def _check_values(values, n: int) -> tuple[list[float], dict[int, str], str | None, list[dict]]:
+        """(values with NaN for None, {sample: problem}, problem of the whole call, per-sample extra info)."""
+        if values is None or isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
+            return [], {}, f"returned {type(values).__name__}, not a list of floats", []
+        if len(values) != n:
+            return [], {}, f"returned {len(values)} values for {n} completions", []
+        out, bad, info = [], {}, []
+        for i, v in enumerate(values):
+            extra = {}
+            if isinstance(v, SampleError):
+                x, problem = _NAN, v.text
+            elif isinstance(v, Mapping):
+                if "reward" not in v:
+                    x, problem = _NAN, f"returned a dict without a 'reward' key for sample {i} (keys {sorted(v)[:5]})"
+                else:
+                    x, problem = _number(v["reward"], i)
+                    extra = {k: e for k, e in v.items() if k != "reward"}
+            else:
+                x, problem = _number(v, i)
+            if problem is not None:
+                bad[i] = problem
+            out.append(x)
+            info.append(extra)
+        return out, bad, None, info
+
+    def _call(self, label: str, fn: Callable, prompts, completions, columns):
+        """One reward on the batch: ([N] float32 values with NaN for None and failures, failures, extra info)."""
+        n = len(completions)
+        values, error = _run_with_timeout(lambda: fn(prompts, completions, columns), self.policy.timeout_s)
+        if error is None:
+            out, bad, whole, info = self._check_values(values, n)
+            if whole is not None:
+                return torch.full((n,), _NAN), [RewardFailure(label, whole, None)], [{}] * n
+            return (torch.tensor(out, dtype=torch.float32), [RewardFailure(label, r, i) for i, r in bad.items()], info)
+        if "reward_policy.timeout_s" in error or n == 1 or fn.per_sample:
+            return torch.full((n,), _NAN), [RewardFailure(label, error, None if n > 1 else 0)], [{}] * n
+        # it raised on the batch: call it sample by sample to find which samples it fails on
+        out, failures, info = [], [], []
+        for i in range(n):
+            one = {k: v[i : i + 1] for k, v in columns.items()}
+            value, err = _run_with_timeout(lambda: fn(prompts[i : i + 1], completions[i : i + 1], one),
+                                           self.policy.timeout_s)
+            vals, extra = [_NAN], [{}]
+            if err is None:
+                vals, bad, whole, extra = self._check_values(value, 1)
+                err = whole or bad.get(0)
+            out.append(_NAN if err else vals[0])
+            info.append(extra[0] if extra else {})
+            if err:
+                failures.append(RewardFailure(label, err, i))
+        if not failures:  # it fails only on the whole batch
+            failures = [RewardFailure(label, error, None)]
+            out = [_NAN] * n
+        return torch.tensor(out, dtype=torch.float32), failures, info
+
+    def submit(self, prompts: list, completions: list[str], columns: dict[str, list]) -> Future:
+        """`self(prompts, completions, columns)` in the background; the Future's result is the RewardOutput (or the
+        RewardError under on_error=fail)."""
+        return self._pool.submit(self, prompts, completions, columns)
+
+    def __call__(self, prompts: list, completions: list[str], columns: dict[str, list]) -> RewardOutput:
+        """All rewards on N samples: `columns` are the data set's columns (lists of N), passed as keyword arguments."""
+        n = len(completions)
+        with ThreadPoolExecutor(max_workers=len(self.functions), thread_name_prefix="reward") as pool:
+            futures = {label: pool.submit(self._call, label, fn, prompts, completions, columns)
+                       for label, fn, _ in self.functions}
+            results = {label: f.result() for label, f in futures.items()}
+        per_function = {label: values for label, (values, _, _) in results.items()}
+        failures = [f for _, fs, _ in results.values() for f in fs]
+        failed = torch.zeros(n, dtype=torch.bool)
+        for f in failures:
+            failed[slice(None) if f.index is None else f.index] = True
+        weighted = torch.stack([per_function[label] * w for label, _, w in self.functions])
+        total = weighted.nansum(0)
+        unscored = weighted.isnan().all(0) & ~failed
+        for i in torch.nonzero(unscored).flatten().tolist():
+            failures.append(RewardFailure("(all)", "every reward function returned None for this sample", i))
+        failed |= unscored
+        total[failed] = _NAN
+        if failures and self.policy.on_error == "fail":
+            raise RewardError(self.describe(failures[0], prompts, completions) +
+                              "\n(set reward_policy.on_error=skip to drop such samples from the loss and go on)")
+        info = [{label: results[label][2][i] for label in results if results[label][2][i]} for i in range(n)]
+        return RewardOutput(total=total, per_function=per_function, failed=failed, failures=failures,
+                            extras=_numeric_extras(info, n), info=info)
+
+    @staticmethod
+    def describe(f: RewardFailure, prompts: list, completions: list[str]) -> str:
+        i = 0 if f.index is None else f.index
+        scope = f"on a call with {len(completions)} samples (first shown)" if f.index is None else f"on sample {i}"
+        return (f"reward {f.label!r} failed {scope}: {f.reason}\n"
+                f"prompt: {str(prompts[i])[:2000]!r}\ncompletion: {str(completions[i])[:2000]!r}")
+
+
+def _numeric_extras(info: list[dict], n: int) -> dict[str, torch.Tensor]:
+    """{"label/key": [N] values} for every extra that is a number (or bool) wherever it is given; NaN where absent."""
+    keys = {(label, k) for row in info for label, extra in row.items() for k in extra}
+    out = {}
+    for label, k in sorted(keys):
+        vals = [row.get(label, {}).get(k) for row in info]
+        if all(v is None or (isinstance(v, (int, float)) and not isinstance(v, str)) for v in vals):
+            out[f"{label}/{k}"] = torch.tensor([_NAN if v is None else float(v) for v in vals], dtype=torch.float32)
+    return out
