@@ -97,8 +97,10 @@ class Batch:
         logprobs: Sequence[Sequence[float]],
         group_ids: Sequence[int],
         pad_token_id: int,
+        loss_masks: Sequence[Sequence[int] | None] | None = None,
     ) -> "Batch":
-        """Pack prompt/response token lists (one entry per sample) into right-padded tensors."""
+        """Pack prompt/response token lists (one entry per sample) into right-padded tensors; `loss_masks[i]` (0/1 per
+        response token, None: all 1) takes tokens the environment wrote out of response_mask."""
         width = max(len(p) + len(r) for p, r in zip(prompts, responses))
         n = len(prompts)
         input_ids = torch.full((n, width), pad_token_id, dtype=torch.long)
@@ -109,7 +111,8 @@ class Batch:
             lp_, lr_ = len(p), len(r)
             input_ids[i, : lp_ + lr_] = torch.tensor(list(p) + list(r), dtype=torch.long)
             attention_mask[i, : lp_ + lr_] = 1
-            response_mask[i, lp_ : lp_ + lr_] = 1.0
+            mask = loss_masks[i] if loss_masks is not None and loss_masks[i] is not None else [1.0] * lr_
+            response_mask[i, lp_ : lp_ + lr_] = torch.tensor(list(mask), dtype=torch.float32)
             rollout_logprobs[i, lp_ : lp_ + lr_] = torch.tensor(list(lp), dtype=torch.float32)
         return cls(
             input_ids=input_ids,

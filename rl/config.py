@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import yaml
 from omegaconf.errors import OmegaConfBaseException
 
-from rewards import REWARDS, RewardPolicyConfig, RewardSpec
+from rewards import RewardPolicyConfig, RewardSpec, check_spec
 from rl.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig
 from rl.divergences import F_DIVERGENCES, DivergenceConfig
 from rl.data import DataConfig, DatasetConfig, check_dataset_config, check_prompt_limits
@@ -136,7 +136,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
                 raise ConfigError(f"{e} (an override sets a field of an existing item; to add items give the whole "
                                   f"list, e.g. rewards=[{{name: math_verify}}, {{name: format, weight: 0.1}}])") from None
         else:
-            node = OmegaConf.select(cfg, key, default=None)
+            node = _call(lambda: OmegaConf.select(cfg, key, default=None), where, key)
             if isinstance(value, dict) and isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:
                 cfg = cfg.copy()  # a free-keyed mapping (eval_sets, kwargs) given whole replaces the old one
                 OmegaConf.update(cfg, key, {}, merge=False)
@@ -377,6 +377,13 @@ def validate(cfg: Config) -> None:
     _check(t.keep_checkpoints >= 1, "trainer.keep_checkpoints must be >= 1")
     _check(t.max_bad_steps >= 1, "trainer.max_bad_steps must be >= 1")
     _check(r.max_engine_restarts >= 0, "rollout.max_engine_restarts must be >= 0")
+    se = r.search
+    if se.enabled:
+        _check((se.knowledge.passages is None) != (se.knowledge.qa_data is None),
+               "rollout.search.enabled needs exactly one of rollout.search.knowledge.passages (a JSONL of {title, text}) "
+               "or rollout.search.knowledge.qa_data (a question-answer file)")
+        _check(se.max_searches >= 1 and se.top_k >= 1, "rollout.search.max_searches and top_k must be >= 1")
+        _check(not r.cure.enabled, "rollout.search and rollout.cure cannot be on together")
     rp = cfg.reward_policy
     _check(rp.on_error in ("fail", "skip"), f"reward_policy.on_error={rp.on_error!r}; choose fail or skip")
     _check(rp.timeout_s is None or rp.timeout_s > 0, "reward_policy.timeout_s must be > 0 (or null for no limit)")
@@ -394,6 +401,7 @@ def validate(cfg: Config) -> None:
     _check(alg.dynamic_sampling.max_tries >= 1, "algorithm.dynamic_sampling.max_tries must be >= 1")
     _check(len(cfg.rewards) >= 1, "rewards: give at least one reward function")
     for i, spec in enumerate(cfg.rewards):
-        _check((spec.name is None) != (spec.fn is None), f"rewards[{i}]: give exactly one of name or fn")
-        _check(spec.name is None or spec.name in REWARDS,
-               f"rewards[{i}].name={spec.name!r}; built-ins are {REWARDS.names()}, or use fn: my_pkg.my_mod:my_fn")
+        try:
+            check_spec(spec, i)  # the user's modules are imported later, when the trainer loads them
+        except ValueError as e:
+            raise ConfigError(str(e)) from None

@@ -16,11 +16,14 @@ import os
 import random
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
+
+from rl.evaluate import GRADERS
 
 # -- generated arithmetic word problems (the quickstart needs no download) ----------------------------------------
 
@@ -145,6 +148,15 @@ class DatasetConfig:
     answer_after: str | None = None  # keep the text after the last occurrence of this marker (GSM8K: "####")
     offset: int = 0  # skip the first rows (with limit: a slice, e.g. a held-out tail of one file)
     limit: int | None = None  # then keep the first N rows
+    grader: str = "math_verify"  # evaluation: math_verify | short_answer (factual answers, refusals counted)
+
+
+@dataclass
+class FewShotExample:
+    """A worked example shown before every prompt, as an earlier user turn and the assistant's reply."""
+
+    user: str = ""
+    assistant: str = ""
 
 
 @dataclass
@@ -152,6 +164,8 @@ class DataConfig:
     train: DatasetConfig = field(default_factory=DatasetConfig)
     eval: DatasetConfig | None = field(default_factory=lambda: DatasetConfig(split="test"))
     system_prompt: str | None = None
+    few_shot: list[FewShotExample] = field(default_factory=list)  # examples as earlier chat turns (small models
+    # follow an output format from an example far better than from an instruction); they count in max_prompt_tokens
     instruction: str = ""  # appended to every user prompt, e.g. how to state the answer
     max_prompt_tokens: int = 256
     prompt_overflow: str = "drop"  # drop | truncate | error, for prompts longer than max_prompt_tokens
@@ -449,6 +463,8 @@ def check_dataset_config(ds: DatasetConfig, key: str = "") -> None:
                          "number of rows or null for all")
     if ds.offset < 0:
         raise ValueError(f"{key + '.' if key else ''}offset={ds.offset} (data source {ds.source!r}); use 0 or more")
+    if ds.grader not in GRADERS:
+        raise ValueError(f"{key + '.' if key else ''}grader={ds.grader!r}; choose one of {list(GRADERS)}")
 
 
 def check_prompt_limits(data: DataConfig) -> None:
@@ -515,8 +531,10 @@ def load_dataset_rows(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
 # -- chat prompts -------------------------------------------------------------------------------------------------
 
 
-def render_prompts(tokenizer, user_texts: list[str], system_prompt: str | None) -> list[list[int]]:
-    """Token ids of each user text wrapped in the tokenizer's chat template, ready for the assistant's turn."""
+def render_prompts(tokenizer, user_texts: list[str], system_prompt: str | None,
+                   few_shot: Sequence[FewShotExample] = ()) -> list[list[int]]:
+    """Token ids of each user text wrapped in the tokenizer's chat template, after the system prompt and the few-shot
+    examples (earlier user/assistant turns), ready for the assistant's turn."""
     name = getattr(tokenizer, "name_or_path", "") or "the model"
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
@@ -527,6 +545,8 @@ def render_prompts(tokenizer, user_texts: list[str], system_prompt: str | None) 
     if not user_texts:
         return []
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for ex in few_shot:
+        head += [{"role": "user", "content": ex.user}, {"role": "assistant", "content": ex.assistant}]
     conversations = [head + [{"role": "user", "content": t}] for t in user_texts]
     try:
         texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=True)
@@ -546,7 +566,7 @@ def prepare_prompts(
     """Tokenised chat prompts with data.max_prompt_tokens applied by data.prompt_overflow; returns the kept rows,
     their prompt ids and {"num_rows" (rows given), "num_dropped_too_long", "num_truncated"}."""
     check_prompt_limits(data)
-    ids = render_prompts(tokenizer, rows["prompt"], data.system_prompt)
+    ids = render_prompts(tokenizer, rows["prompt"], data.system_prompt, data.few_shot)
     limit, keep, kept_ids = data.max_prompt_tokens, [], []
     stats = {"num_rows": len(rows), "num_dropped_too_long": 0, "num_truncated": 0}
     for i, p in enumerate(ids):

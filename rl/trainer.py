@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import ray
@@ -21,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from rewards import RewardError, RewardManager
+from rewards import RewardError, RewardManager, RewardOutput
 from rewards.answers import math_verify_reward
 from rl.advantages import compute_advantages
 from rl.batch import Batch
@@ -39,9 +40,11 @@ from rl.learner import Learner
 from rl.metrics import StepTimer, Tracker
 from rl.models import resolve_model_path
 from rl.planning import PlanningDetector, dense_mask, hicra_advantages
-from rollout.base import Sample
+from rewards.knowledge import PassageStore
+from rollout.base import Sample, SamplingConfig
 from rollout.cure import assemble_group, branch_prompt, critical_position
 from rollout.fleet import RolloutFleet
+from rollout.search import search_rollout
 
 CURE_KEY = 0xC0E  # seeds CURE's choice of critical tokens and its continuations apart from the first samples
 
@@ -79,10 +82,12 @@ class Trainer:
         for name, ds in sets.items():
             rows, prompts, _ = load_prompts(ds, f"eval_sets.{name}" if name != "heldout" else "data.eval", cfg.data,
                                             self.tokenizer)
-            self.eval_sets[name] = (rows, prompts)
+            self.eval_sets[name] = (rows, prompts, ds.grader)
         self.has_answers = "answer" in self.train_rows.column_names
         self.dph = self._load_dph() if cfg.algorithm.divergence.name != "none" else None
         self.planning = PlanningDetector(cfg.algorithm.hicra, cfg.seed) if cfg.algorithm.hicra.alpha > 0 else None
+        search = cfg.rollout.search
+        self.knowledge = PassageStore.from_config(search.knowledge) if search.enabled else None  # indexed once, cached
         self.sampler = PromptSampler(len(self.train_rows), cfg.data.seed, cfg.data.shuffle)
         self.step, self.bad_steps, self.start_results, self._last_failure = 0, 0, None, ""
         if self.resume_from is not None:
@@ -154,6 +159,7 @@ class Trainer:
         self.bad_steps = int(state.get("bad_steps", 0))
         if self.planning is not None and state.get("hicra") is not None:
             self.planning.load_state_dict(state["hicra"])
+        self.rewards.load_state_dict(state.get("rewards") or {})
         self.start_results = state.get("start_results")
 
     def _check_disk(self) -> None:
@@ -197,6 +203,7 @@ class Trainer:
         gpus = cfg.learner.num_gpus
         if gpus is None:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        self.rewards.start()  # reward classes become Ray actors: a scorer that cannot start fails before the engines
         # the rollout engines start first: on a GPU node they take their share of memory before the learner
         self.fleet = RolloutFleet(cfg.rollout, self.model_path, seed=cfg.seed)
         policy = str(self.resume_from / "model") if self.resume_from is not None else self.model_path
@@ -300,35 +307,42 @@ class Trainer:
         cfg = self.cfg
         ds = cfg.algorithm.dynamic_sampling
         want = cfg.trainer.prompts_per_step
-        groups: list[tuple[int, list[Sample], torch.Tensor, dict]] = []  # (row, samples, rewards, per-fn rewards)
+        groups: list[tuple[int, list[Sample], RewardOutput]] = []  # (row, its samples, their rewards)
         tries, skipped, generated_count = 0, 0, 0
         cure_stats: dict[str, list[float]] = {"branched": [], "prefix_len": [], "critical_entropy": []}
         while len(groups) < want and tries < (ds.max_tries if ds.enabled else 1):
             tries += 1
             rows = self.sampler.next_indices(want)
+            scoring: dict[int, Callable[[], list[RewardOutput]]] = {}  # first group index -> its engine's scores
+
+            def score_early(lo: int, groups: list[list[Sample]]) -> None:  # runs while the other engines generate
+                scoring[lo] = self.score(step, rows[lo : lo + len(groups)], groups)
+
             with timer("generate"):
-                generated = self.fleet.generate(
+                generated = self.generate(
                     [self.train_prompts[r] for r in rows], cfg.rollout.sampling,
                     [sample_seed(cfg.seed, step, r, tries) for r in rows],
+                    on_groups=None if cfg.rollout.cure.enabled else score_early,
                 )
             if cfg.rollout.cure.enabled:  # CURE: each group grows by continuations from critical tokens
                 with timer("cure"):
                     generated = self.cure_branch(step, rows, tries, generated, cure_stats)
+            if not scoring:  # CURE, or the search rollout: scored once the groups are complete
+                scoring[0] = self.score(step, rows, generated)
             generated_count += sum(len(g) for g in generated)
-            with timer("reward"):
-                scored = self.score(rows, generated)
-            for r, samples, (total, per_fn, failed) in zip(rows, generated, scored):
-                skipped += int(failed.sum())
-                if failed.any():  # reward_policy.on_error=skip: these samples leave the loss (counted below)
-                    keep = torch.nonzero(~failed).flatten()
-                    samples, total = [samples[i] for i in keep], total[keep]
-                    per_fn = {k: v[keep] for k, v in per_fn.items()}
+            with timer("reward"):  # the part of scoring that generation did not hide
+                scored = [scores for lo in sorted(scoring) for scores in scoring[lo]()]
+            for r, samples, scores in zip(rows, generated, scored):
+                skipped += int(scores.failed.sum())
+                if scores.failed.any():  # reward_policy.on_error=skip: these samples leave the loss (counted below)
+                    keep = torch.nonzero(~scores.failed).flatten()
+                    samples, scores = [samples[i] for i in keep], scores.select(keep)
                     if not samples:
                         continue
-                one_group = torch.zeros(len(total), dtype=torch.long)
-                if ds.enabled and not informative_groups(total, one_group).any():
+                one_group = torch.zeros(len(samples), dtype=torch.long)
+                if ds.enabled and not informative_groups(scores.total, one_group).any():
                     continue  # all rewards equal: zero advantage, no signal
-                groups.append((r, samples, total, per_fn))
+                groups.append((r, samples, scores))
         groups = groups[:want]
         if skipped > cfg.reward_policy.max_skip_frac * generated_count:
             raise RewardError(
@@ -340,12 +354,12 @@ class Trainer:
                 f"step {step}: dynamic sampling found no group with differing rewards in {tries} tries; "
                 "raise algorithm.dynamic_sampling.max_tries or check the reward function"
             )
-        samples = [s for _, g, _, _ in groups for s in g]
+        samples = [s for _, g, _ in groups for s in g]
         batch = Batch.from_sequences(
             [s.prompt_ids for s in samples], [s.response_ids for s in samples], [s.logprobs for s in samples],
-            [gi for gi, (_, g, _, _) in enumerate(groups) for _ in g], self.pad_id,
+            [gi for gi, (_, g, _) in enumerate(groups) for _ in g], self.pad_id, [s.loss_mask for s in samples],
         )
-        batch.rewards = torch.cat([total for _, _, total, _ in groups])
+        batch.rewards = torch.cat([scores.total for _, _, scores in groups])
         if cfg.rollout.cure.enabled:
             batch.prefix_lengths = torch.tensor([s.prefix_len for s in samples], dtype=torch.long)
         metrics = self._rollout_metrics(groups, samples, batch)
@@ -355,6 +369,16 @@ class Trainer:
         metrics["reward/skipped_samples"] = float(skipped)
         self._write_rollouts(step, groups)
         return batch, metrics
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int],
+                 on_groups: Callable | None = None) -> list[list[Sample]]:
+        """The fleet's samples; with rollout.search, the multi-turn search rollout (rollout/search.py) over the
+        knowledge source (whose groups are only complete at the end, so on_groups is not called)."""
+        search = self.cfg.rollout.search
+        if not search.enabled:
+            return self.fleet.generate(prompts, sampling, seeds, on_groups=on_groups)
+        retrieve = lambda q: [f"{p.title}: {p.text}" for p in self.knowledge.search(q, search.top_k)]  # noqa: E731
+        return search_rollout(self.fleet.generate, self.tokenizer, prompts, sampling, seeds, retrieve, search)
 
     def cure_branch(self, step: int, rows: list[int], tries: int, generated: list[list[Sample]],
                     stats: dict[str, list[float]]) -> list[list[Sample]]:
@@ -396,27 +420,29 @@ class Trainer:
             out.append(assemble_group(group, points[gi], mine, max_tokens, decode))
         return out
 
-    def score(self, rows: list[int], generated: list[list[Sample]]) -> list[tuple[torch.Tensor, dict, torch.Tensor]]:
-        """All reward functions on all samples of the round at once; returned per group as (total, per function,
-        failed). A failure stops the run (reward_policy.on_error=fail) or marks the sample (skip)."""
+    def score(self, step: int, rows: list[int], generated: list[list[Sample]]) -> Callable[[], list[RewardOutput]]:
+        """Starts every reward function on the samples of these groups, in the background; the returned function
+        waits and gives one RewardOutput per group. Rewards get the rows' data columns and `trainer_step`. A failure
+        stops the run (reward_policy.on_error=fail) or marks the samples (skip); the message names the training row."""
         flat_rows = [r for r, g in zip(rows, generated) for _ in g]
-        completions = [s.text for g in generated for s in g]
         columns = {c: [self.train_rows[r][c] for r in flat_rows] for c in self.train_rows.column_names if c != "prompt"}
-        prompts = [self.train_rows[r]["prompt"] for r in flat_rows]
-        try:
-            out = self.rewards(prompts, completions, columns)
-        except RewardError as e:
-            raise RewardError(f"{e}\n(training row {flat_rows[0] if len(flat_rows) else '?'} onwards)") from None
-        for f in out.failures[:1]:
-            self._last_failure = self.rewards.describe(f, prompts, completions) + f" (training row {flat_rows[f.index or 0]})"
-            print(f"[reward] skipped {int(out.failed.sum())} samples; first: {self._last_failure}", file=sys.stderr)
-        per_group, start = [], 0
-        for g in generated:
-            end = start + len(g)
-            per_group.append((out.total[start:end], {k: v[start:end] for k, v in out.per_function.items()},
-                              out.failed[start:end]))
-            start = end
-        return per_group
+        columns["trainer_step"] = [step] * len(flat_rows)
+        prompts, completions = [self.train_rows[r]["prompt"] for r in flat_rows], [s.text for g in generated for s in g]
+        future = self.rewards.submit(prompts, completions, columns)
+
+        def result() -> list[RewardOutput]:
+            try:
+                out = future.result()
+            except RewardError as e:
+                raise RewardError(f"{e}\n(training row {flat_rows[0] if flat_rows else '?'} onwards)") from None
+            for f in out.failures[:1]:
+                self._last_failure = (self.rewards.describe(f, prompts, completions) +
+                                      f" (training row {flat_rows[f.index or 0]})")
+                print(f"[reward] skipped {int(out.failed.sum())} samples; first: {self._last_failure}", file=sys.stderr)
+            bounds = np.cumsum([0] + [len(g) for g in generated]).tolist()
+            return [out.select(slice(lo, hi)) for lo, hi in zip(bounds, bounds[1:])]
+
+        return result
 
     def compute_advantages(self, batch: Batch) -> dict[str, float]:
         """Reward shaping (overlong, KL in reward), then the configured advantage estimator, copied to tokens."""
@@ -459,33 +485,40 @@ class Trainer:
             "response_length/mean": float(lengths.mean()),
             "response_length/max": float(lengths.max()),
             "response_length/truncated": float(np.mean([s.truncated for s in samples])),
-            "groups/all_equal_frac": float(np.mean([bool((t == t[0]).all()) for _, _, t, _ in groups])),
+            "groups/all_equal_frac": float(np.mean([bool((o.total == o.total[0]).all()) for _, _, o in groups])),
         }
-        for label in groups[0][3]:
-            values = torch.cat([pf[label] for _, _, _, pf in groups])
+        for label in groups[0][2].per_function:
+            values = torch.cat([o.per_function[label] for _, _, o in groups])
             m[f"reward/{label}/mean"] = float(values.nanmean())
             m[f"reward/{label}/std"] = float(values[~values.isnan()].std()) if (~values.isnan()).sum() > 1 else 0.0
+        for key in sorted({k for _, _, o in groups for k in o.extras}):  # what the rewards report beside their value
+            values = torch.cat([o.extras.get(key, torch.full((len(o.total),), float("nan"))) for _, _, o in groups])
+            if (~values.isnan()).any():
+                m[f"reward/{key}"] = float(values.nanmean())
         if "reward/math_verify/mean" in m:  # the configured reward already is the accuracy: do not score twice
             m["accuracy"] = m["reward/math_verify/mean"]
         elif self.has_answers:
-            golds = [self.train_rows[r]["answer"] for r, g, _, _ in groups for _ in g]
+            golds = [self.train_rows[r]["answer"] for r, g, _ in groups for _ in g]
             m["accuracy"] = float(np.mean(math_verify_reward(None, [s.text for s in samples], answer=golds)))
         return m
 
     def _write_rollouts(self, step: int, groups) -> None:
         with open(self.run_dir / "rollouts.jsonl", "a", encoding="utf-8") as f:
-            for r, samples, total, _ in groups:
-                for s, rew in zip(samples, total.tolist()):
+            for r, samples, scores in groups:
+                for s, rew, info in zip(samples, scores.total.tolist(), scores.info):
                     record = {"step": step, "row": r, "completion": s.text, "reward": rew, "finish": s.finish_reason}
                     if s.prefix_len:  # a CURE continuation: its first prefix_len tokens came from another sample
                         record["prefix_len"] = s.prefix_len
+                    if info:  # what the reward functions returned beside the value, per function
+                        record["reward_info"] = info
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     # -- evaluation and checkpoints -------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, dict]:
         out = {}
-        for name, (rows, prompts) in self.eval_sets.items():
-            metrics, records = evaluate(self.fleet, rows, prompts, self.cfg.rollout.eval_sampling, seed=self.cfg.seed)
+        for name, (rows, prompts, grader) in self.eval_sets.items():
+            metrics, records = evaluate(self.generate, rows, prompts, self.cfg.rollout.eval_sampling,
+                                        seed=self.cfg.seed, grader=grader)
             write_records(self.run_dir / "eval" / f"{name}_step_{step:06d}.jsonl", records)
             self.tracker.log(step, {f"eval/{name}/{k}": v for k, v in metrics.items()})
             out[name] = metrics
@@ -498,6 +531,7 @@ class Trainer:
             "step": step, "sampler": self.sampler.state_dict(), "rng": rng_state(), "bad_steps": self.bad_steps,
             "start_results": self.start_results, "seed": self.cfg.seed, "data_stats": self.data_stats,
             "hicra": self.planning.state_dict() if self.planning is not None else None,
+            "rewards": self.rewards.state_dict(),  # rewards that keep state between steps (ARMed's threshold)
             # rollouts need no engine state: prompt i of step s, try t is sampled with this seed on any engine
             "rollout_seeds": "SeedSequence([seed, step, row, try])",
         }
@@ -522,6 +556,7 @@ class Trainer:
     def close(self) -> None:
         self.tracker.close()
         self.fleet.shutdown()
+        self.rewards.shutdown()
         ray.kill(self.learner)
 
 

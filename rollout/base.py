@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,6 +15,7 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = -1  # -1: off
     max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)  # stop strings, kept at the end of the text (a tool call's tag)
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Sample:
     finish_reason: str  # "stop" (eos or stop string) or "length" (hit max_tokens)
     text: str  # the whole answer (for a CURE continuation: the reused prefix and the new tokens)
     prefix_len: int = 0  # CURE: the last prefix_len prompt tokens are another response's tokens, not the prompt's
+    loss_mask: list[int] | None = None  # per response token, 0 where the environment wrote it (retrieved passages):
+    # in the sequence the model sees, but no gradient; None: every token is the model's
 
     @property
     def truncated(self) -> bool:

@@ -10,6 +10,7 @@ import torch
 
 from rollout.base import RolloutEngine, Sample, SamplingConfig
 from rollout.cure import CureConfig
+from rollout.search import SearchConfig
 from rollout.vllm_engine import cpu_env
 
 ENGINES = {"vllm": "rollout.vllm_engine:VLLMEngine", "hf": "rollout.hf_engine:HFEngine"}
@@ -31,6 +32,7 @@ class RolloutConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=1, temperature=0.0, max_tokens=256))
     cure: CureConfig = field(default_factory=CureConfig)  # branch responses at critical tokens (CURE stage 1)
+    search: SearchConfig = field(default_factory=SearchConfig)  # multi-turn: <search> calls a retriever (IKEA)
 
 
 def _import(path: str):
@@ -103,30 +105,47 @@ class RolloutFleet:
             ray.get(actor.update_weights.remote(self.weights_source()))
         self.actors[i] = actor
 
-    def _on_all(self, method: str, shards: list[tuple]) -> list:
-        """actor i runs `method(*shards[i])` (None: nothing for it); dead engines are replaced and their shard redone."""
+    def _on_all(self, method: str, shards: list[tuple], on_result: Callable[[int, object], None] | None = None) -> list:
+        """actor i runs `method(*shards[i])` (None: nothing for it); dead engines are replaced and their shard redone.
+        `on_result(i, result)` is called as each shard finishes, in the order they finish."""
         self._restarts_this_call = 0
         futures = {i: getattr(self.actors[i], method).remote(*args) for i, args in enumerate(shards) if args is not None}
         results = {}
         while futures:
-            for i, future in list(futures.items()):
-                try:
-                    results[i] = ray.get(future)
-                    del futures[i]
-                except ray.exceptions.RayActorError as e:
-                    self._replace(i, e)
-                    futures[i] = getattr(self.actors[i], method).remote(*shards[i])
+            (done,), _ = ray.wait(list(futures.values()), num_returns=1)
+            i = next(i for i, f in futures.items() if f == done)
+            try:
+                results[i] = ray.get(done)
+            except ray.exceptions.RayActorError as e:
+                self._replace(i, e)
+                futures[i] = getattr(self.actors[i], method).remote(*shards[i])
+                continue
+            del futures[i]
+            if on_result is not None:
+                on_result(i, results[i])
         return [results[i] for i in sorted(results)]
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
-        """Contiguous shards, one per engine; results come back in prompt order, one group per prompt."""
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int],
+                 on_groups: Callable[[int, list[list[Sample]]], None] | None = None) -> list[list[Sample]]:
+        """Contiguous shards, one per engine; results come back in prompt order, one group per prompt.
+        `on_groups(first_prompt_index, groups)` sees each engine's groups as soon as that engine is done (the trainer
+        starts scoring them while the other engines still generate); it must not block."""
         k = len(self.actors)
         bounds = [round(i * len(prompts) / k) for i in range(k + 1)]
         shards = [(prompts[lo:hi], sampling, seeds[lo:hi]) if hi > lo else None for lo, hi in zip(bounds, bounds[1:])]
-        groups = [group for shard in self._on_all("generate", shards) for group in shard]
-        if len(groups) != len(prompts):  # cannot happen unless an engine breaks its contract; never train on it
-            raise RuntimeError(f"the rollout fleet returned {len(groups)} groups for {len(prompts)} prompts")
+
+        def shard_done(i: int, groups: list[list[Sample]]) -> None:
+            self._check_shard(groups, bounds[i + 1] - bounds[i])
+            on_groups(bounds[i], groups)
+
+        groups = [g for shard in self._on_all("generate", shards, shard_done if on_groups else None) for g in shard]
+        self._check_shard(groups, len(prompts))
         return groups
+
+    @staticmethod
+    def _check_shard(groups: list, expected: int) -> None:
+        if len(groups) != expected:  # cannot happen unless an engine breaks its contract; never train on it
+            raise RuntimeError(f"the rollout fleet returned {len(groups)} groups for {expected} prompts")
 
     def update_weights(self, state_dict_ref: "ray.ObjectRef | dict[str, torch.Tensor]") -> None:
         """Every engine loads the same weights; pass an ObjectRef so the tensors cross the object store once."""

@@ -45,6 +45,8 @@ class HFEngine(RolloutEngine):
             for row, lp in zip(new.tolist(), chosen.tolist()):
                 end = next((i + 1 for i, t in enumerate(row) if t in eos_ids), None)
                 length = end if end is not None else len(row)
+                cut = self._stop_at(row[:length], sampling.stop)
+                end, length = (cut, cut) if cut is not None else (end, length)
                 group.append(
                     Sample(
                         prompt_ids=list(prompt),
@@ -56,6 +58,12 @@ class HFEngine(RolloutEngine):
                 )
             results.append(group)
         return results
+
+    def _stop_at(self, ids: list[int], stop: list[str]) -> int | None:
+        """The number of tokens up to and including the one that completes the first stop string; None: no stop."""
+        if not stop or not any(t in self.tokenizer.decode(ids) for t in stop):
+            return None
+        return next(k for k in range(1, len(ids) + 1) if any(t in self.tokenizer.decode(ids[:k]) for t in stop))
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state_dict, strict=True)

@@ -66,6 +66,8 @@ class VLLMEngine(RolloutEngine):
                 max_tokens=sampling.max_tokens,
                 logprobs=0,  # the sampled token's log-prob
                 seed=seed,
+                stop=list(sampling.stop) or None,
+                include_stop_str_in_output=True,
             )
             for seed in seeds
         ]

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rl.data import (ArithmeticConfig, DataConfig, DatasetConfig, PromptSampler, arithmetic_problems,
+from rl.data import (ArithmeticConfig, DataConfig, DatasetConfig, FewShotExample, PromptSampler, arithmetic_problems,
                      load_dataset_rows, prepare_prompts, render_prompts)
 from tests.conftest import SHARED_DATA
 
@@ -268,6 +268,9 @@ def test_render_prompts_uses_the_chat_template(tokenizer):
     assert tokenizer.decode(with_system).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user")
     assert with_system[-len(ids[1]):] == ids[1]
     assert render_prompts(tokenizer, [], None) == []
+    shot = render_prompts(tokenizer, ["How many?"], None, [FewShotExample("What is 2+2?", "<answer>4</answer>")])[0]
+    assert tokenizer.decode(shot) == ("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<answer>4</answer>"
+                                      "<|im_end|>\n<|im_start|>user\nHow many?<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_a_tokenizer_without_a_chat_template_is_refused(tokenizer):

@@ -102,3 +102,32 @@ def test_many_seeded_samples_beyond_one_step_token_budget(fleet):
     assert [len(g) for g in groups] == [8] * 40
     again = fleet.generate(prompts[:3], sampling, seeds=[0, 1, 2])
     assert [[s.response_ids for s in g] for g in again] == [[s.response_ids for s in g] for g in groups[:3]]
+
+
+def test_a_slow_reward_does_not_stall_generation(fleet):
+    """The trainer scores each engine's groups as soon as that engine is done (fleet.generate's on_groups + the
+    reward manager's submit). The reward here only returns once generation has ended: were scoring in the way of
+    generation, the fleet would never return and the reward would time out."""
+    import threading
+
+    from rewards import RewardManager, RewardSpec
+    from tests import reward_fixtures
+
+    reward_fixtures.GENERATION_DONE = threading.Event()
+    rewards = RewardManager([RewardSpec(fn="tests.reward_fixtures:waits_for_generation")])
+    sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=8)
+    seen, futures = [], {}
+
+    def on_groups(lo, groups):
+        seen.append((lo, len(groups)))
+        texts = [s.text for g in groups for s in g]
+        futures[lo] = rewards.submit(["p"] * len(texts), texts, {})
+
+    groups = fleet.generate(PROMPTS, sampling, seeds=[1, 2, 3], on_groups=on_groups)
+    assert not any(f.done() for f in futures.values())  # both still scoring: generation did not wait for them
+    reward_fixtures.GENERATION_DONE.set()
+    assert sorted(seen) == [(0, 2), (2, 1)]  # 3 prompts over 2 engines: each engine's groups, with their offset
+    outs = [futures[lo].result(timeout=60) for lo in sorted(futures)]
+    assert all(o.extras["waits_for_generation/saw_generation_done"].eq(1).all() for o in outs)
+    lengths = [float(len(s.text)) for g in groups for s in g]
+    assert [x for o in outs for x in o.total.tolist()] == lengths  # the same scores, in prompt order
