@@ -30,6 +30,53 @@ Then `rlvr train` with the same recipe trains on D_exp with the f-divergence ter
 """
 
 
+IKEA_HELP = """\
+IKEA's knowledge-boundary data: the recipe's model answers every training question k times without search; a question
+is known when any answer is right, unknown when none is; both halves, in equal numbers, go to a JSONL file (the source
+columns plus `known` and `pass_rate`) that the IKEA recipe trains on.
+
+  rlvr ikea-prepare recipes/ikea_search_cpu.yaml --k 8 --out runs/ikea_cpu_data/train.jsonl
+"""
+
+KLCF_HELP = """\
+KLCF's checklists: the recipe's model answers every training question k times; the atomic claims of those answers that
+the knowledge source supports become the question's checklist (the knowledge source and verifier are the kwargs of the
+recipe's klcf reward). Written as JSONL (the source columns plus `checklist`) for the KLCF recipe to train on.
+
+  rlvr klcf-prepare recipes/klcf_cpu.yaml --k 4
+
+It writes the file the reward's `checklists` kwarg names (or --out).
+"""
+
+
+def _prepare(command: str, cfg, args) -> None:
+    """The offline steps; a ValueError is a stated problem (exit 2)."""
+    from pathlib import Path
+
+    from rl.dph import prepare
+    from rl.prepare import ikea_prepare, klcf_prepare
+
+    try:
+        if command == "dph-prepare":
+            prepare(cfg)
+        elif command == "ikea-prepare":
+            ikea_prepare(cfg, args.k, Path(args.out))
+        else:
+            spec = next((r for r in cfg.rewards if r.name == "klcf"), None)
+            if spec is None:
+                raise ValueError("klcf-prepare reads the knowledge source from the recipe's klcf reward; add "
+                                 "{name: klcf, kwargs: {knowledge: {...}}} to rewards")
+            kw = dict(spec.kwargs)
+            out = args.out or kw.get("checklists")
+            if not out:
+                raise ValueError("klcf-prepare: give --out, or set the klcf reward's kwargs.checklists")
+            klcf_prepare(cfg, args.k, Path(out), kw.get("knowledge"), kw.get("verifier", "lexical"),
+                         kw.get("verifier_model"), kw.get("support_threshold"))
+    except ValueError as e:
+        print(f"rlvr: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _load(args):
     from rl.config import ConfigError, load_config
 
@@ -44,11 +91,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlvr", description="RL from verifiable rewards for language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", TRAIN_HELP), ("config", "Print the resolved, validated config of a recipe."),
-                            ("dph-prepare", DPH_HELP)):
+                            ("dph-prepare", DPH_HELP), ("ikea-prepare", IKEA_HELP), ("klcf-prepare", KLCF_HELP)):
         p = sub.add_parser(name, help=help_text.splitlines()[0], description=help_text,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (defaults when omitted)")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
+        if name in ("ikea-prepare", "klcf-prepare"):
+            p.add_argument("--k", type=int, default=8, help="answers per question (default 8)")
+            p.add_argument("--out", required=name == "ikea-prepare", help="the JSONL file to write")
     p = sub.add_parser("prepare-model", help="Convert an embedded model (e.g. smollm2-135m-instruct) to the cache once.")
     p.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     args = parser.parse_args(argv)
@@ -68,14 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     print(to_yaml(cfg), flush=True)
     if args.command == "config":
         return
-    if args.command == "dph-prepare":
-        from rl.dph import prepare
-
-        try:
-            prepare(cfg)
-        except ValueError as e:
-            print(f"rlvr: {e}", file=sys.stderr)
-            sys.exit(2)
+    if args.command.endswith("-prepare"):
+        _prepare(args.command, cfg, args)
         return
     import ray
 

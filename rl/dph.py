@@ -120,49 +120,24 @@ def prepare(cfg, chunk: int = 64) -> dict:
     algorithm.divergence.correct_reward), split, score pi0's log-probs of the kept samples on a learner, and write
     algorithm.divergence.data. Returns the split statistics."""
     import ray
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
 
-    from rewards import RewardManager
-    from rl.data import load_prompts, sample_seed
     from rl.kl import KLConfig
     from rl.learner import Learner
     from rl.losses import PolicyLossConfig
-    from rl.models import resolve_model_path
-    from rl.trainer import ray_init_kwargs
-    from rollout.base import SamplingConfig
-    from rollout.fleet import RolloutFleet
+    from rl.prepare import sample_initial_policy
 
     dv = cfg.algorithm.divergence
     if dv.data is None:
         raise ValueError("algorithm.divergence.data is not set: give the folder to write (the training recipe reads it)")
-    model_path = resolve_model_path(cfg.model.path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pi0 = sample_initial_policy(cfg, dv.prepare_k, "dph-prepare: sampling pi0", chunk=chunk)
+    model_path, tokenizer, s = pi0.model_path, pi0.tokenizer, cfg.rollout.sampling
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows, prompts, _ = load_prompts(cfg.data.train, "data.train", cfg.data, tokenizer)
-    rewards = RewardManager(cfg.rewards, cfg.reward_policy)
-    if not ray.is_initialized():
-        ray.init(**ray_init_kwargs(cfg.ray))
-    fleet = RolloutFleet(cfg.rollout, model_path, seed=cfg.seed)
-    s = cfg.rollout.sampling
-    sampling = SamplingConfig(n=dv.prepare_k, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                              max_tokens=s.max_tokens)
     correct: list[list[bool]] = []
     kept: list[tuple[int, object]] = []  # (row, sample) of pi0's correct answers
-    try:
-        for start in tqdm(range(0, len(prompts), chunk), desc="dph-prepare: sampling pi0", file=sys.stderr):
-            idx = list(range(start, min(start + chunk, len(prompts))))
-            groups = fleet.generate([prompts[i] for i in idx], sampling, [sample_seed(cfg.seed, 0, i, 0) for i in idx])
-            flat = [i for i, g in zip(idx, groups) for _ in g]
-            columns = {c: [rows[i][c] for i in flat] for c in rows.column_names if c != "prompt"}
-            out = rewards([rows[i]["prompt"] for i in flat], [x.text for g in groups for x in g], columns)
-            ok = ((out.total >= dv.correct_reward) & ~out.failed).tolist()
-            for i, group in zip(idx, groups):
-                mine, ok = ok[: len(group)], ok[len(group):]
-                correct.append(mine)
-                kept.extend((i, x) for x, good in zip(group, mine) if good)
-    finally:
-        fleet.shutdown()
+    for i, (group, out) in enumerate(zip(pi0.groups, pi0.scores)):
+        mine = ((out.total >= dv.correct_reward) & ~out.failed).tolist()
+        correct.append(mine)
+        kept.extend((i, x) for x, good in zip(group, mine) if good)
     perfect, exp = split_questions(correct, dv.perfect_threshold)
     perfect_set = set(perfect)
     kept = [(i, x) for i, x in kept if i in perfect_set]
@@ -179,7 +154,7 @@ def prepare(cfg, chunk: int = 64) -> dict:
     finally:
         ray.kill(learner)
     meta = {
-        "model": cfg.model.path, "train_source": cfg.data.train.source, "num_rows": len(prompts),
+        "model": cfg.model.path, "train_source": cfg.data.train.source, "num_rows": len(pi0.groups),
         "k": dv.prepare_k, "perfect_threshold": dv.perfect_threshold, "seed": cfg.seed,
         "temperature": s.temperature, "max_tokens": s.max_tokens,
         "perfect_rows": perfect, "exp_rows": exp, "accuracy": [sum(c) / len(c) for c in correct],
@@ -187,7 +162,7 @@ def prepare(cfg, chunk: int = 64) -> dict:
     }
     DPHData([x.prompt_ids for _, x in kept], [x.response_ids for _, x in kept], init_logprobs,
             [i for i, _ in kept], meta).save(Path(dv.data))
-    stats = {"questions": len(prompts), "perfect": len(perfect), "explore": len(exp), "samples": len(kept),
+    stats = {"questions": len(pi0.groups), "perfect": len(perfect), "explore": len(exp), "samples": len(kept),
              "pi0_accuracy": meta["pi0_accuracy"]}
     print(f"[dph-prepare] {stats['questions']} questions: {stats['perfect']} mastered (D_pef, >= "
           f"{dv.perfect_threshold:.0%} of {dv.prepare_k} correct; {stats['samples']} samples kept), {stats['explore']} "
