@@ -48,6 +48,18 @@ recipe's klcf reward). Written as JSONL (the source columns plus `checklist`) fo
 It writes the file the reward's `checklists` kwarg names (or --out).
 """
 
+MERGE_HELP = """\
+Balanced Actor Initialization: merge same-architecture models into a starting actor, tensor by tensor.
+
+  theta_mid = w1 theta_instruct + (1 - w1) theta_reasoning;  theta_actor = w2 theta_mid + (1 - w2) theta_base
+
+  rlvr merge Qwen/Qwen2.5-7B-Instruct deepseek-ai/DeepSeek-R1-Distill-Qwen-7B Qwen/Qwen2.5-7B --w1 0.5 --w2 0.8 \\
+      --out runs/bai_actor
+  rlvr train recipes/grpo_gsm8k.yaml model.path=runs/bai_actor
+
+Architectures and tokenizers must match (a clear error names the difference). With two models, --w1 alone.
+"""
+
 
 def _prepare(command: str, cfg, args) -> None:
     """The offline steps; a ValueError is a stated problem (exit 2)."""
@@ -99,6 +111,13 @@ def main(argv: list[str] | None = None) -> None:
         if name in ("ikea-prepare", "klcf-prepare"):
             p.add_argument("--k", type=int, default=8, help="answers per question (default 8)")
             p.add_argument("--out", required=name == "ikea-prepare", help="the JSONL file to write")
+    p = sub.add_parser("merge", help=MERGE_HELP.splitlines()[0], description=MERGE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", help="2 or 3 model folders, hub ids or embedded names: instruct, reasoning[, base]")
+    p.add_argument("--w1", type=float, required=True, help="weight of the first model against the second")
+    p.add_argument("--w2", type=float, default=None, help="weight of that mix against the third model")
+    p.add_argument("--out", required=True, help="the save_pretrained folder to write")
+    p.add_argument("--force", action="store_true", help="replace --out when it is not empty")
     p = sub.add_parser("prepare-model", help="Convert an embedded model (e.g. smollm2-135m-instruct) to the cache once.")
     p.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     args = parser.parse_args(argv)
@@ -107,6 +126,16 @@ def main(argv: list[str] | None = None) -> None:
         from rl.models import resolve_model_path
 
         print(resolve_model_path(args.name))
+        return
+
+    if args.command == "merge":
+        from rl.merge import merge_models
+
+        try:
+            print(merge_models(args.models, args.w1, args.w2, args.out, args.force))
+        except (ValueError, FileNotFoundError) as e:
+            print(f"rlvr: {e}", file=sys.stderr)
+            sys.exit(2)
         return
 
     if args.recipe is not None and "=" in args.recipe:  # `rlvr train key=value` without a recipe

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_tiny_llama(folder: Path) -> str:
+def write_tiny_llama(folder: Path, seed: int = 0, hidden_size: int = 128) -> str:
     """A 2-layer Llama (hidden 128, head dim 64: a size vLLM's CPU attention serves) with SmolLM2's tokenizer, saved
-    into `folder`; random weights from seed 0, so every call writes the same model."""
+    into `folder`; random weights from `seed`, so every call with one seed writes the same model."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -26,11 +26,11 @@ def write_tiny_llama(folder: Path) -> str:
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return str(folder)
