@@ -8,7 +8,7 @@ logged.
 """
 
 from rewards import answers as _builtins  # noqa: F401  (registers math_verify and format)
-from rewards import abstention, armed, ikea, klcf, knowrl  # noqa: F401, E401  (they register their rewards)
+from rewards import abstention, adaptthink, armed, ikea, klcf, knowrl  # noqa: F401, E401  (they register their rewards)
 from rewards.answers import answers_match, extract_answer
 from rewards.manager import (RewardActorConfig, RewardError, RewardFailure, RewardManager, RewardOutput,
                              RewardPolicyConfig, RewardSpec, check_spec, known_rewards, load_reward)

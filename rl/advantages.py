@@ -22,7 +22,7 @@ from rl.registry import Registry
 
 @dataclass
 class AdvantageConfig:
-    estimator: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp
+    estimator: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | none (A = r)
     norm_by_std: bool = True  # grpo only; False is Dr.GRPO
     unbiased_std: bool = True  # N-1 (torch's default) or N; also the batch whitening of reinforce_pp
     eps: float = 1e-6
@@ -106,6 +106,13 @@ def reinforce_pp(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Te
     mean_b = a_b.mean() if a_b.numel() else a.new_zeros(())
     std_b = a_b.std(correction=int(cfg.unbiased_std)) if a_b.numel() > 1 else a.new_zeros(())
     return _with_singletons((a - mean_b) / (std_b + cfg.eps), rewards, g.size, cfg)
+
+
+@ADVANTAGE_ESTIMATORS.register("none")
+def no_normalisation(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
+    """The reward itself, A_i = r_i (AdaptThink, whose reward is already centred on the starting model's accuracy);
+    groups of one follow cfg.singleton_group like every estimator."""
+    return _with_singletons(rewards.to(torch.float64), rewards, group_stats(rewards, group_ids).size, cfg)
 
 
 def compute_advantages(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:

@@ -38,6 +38,16 @@ columns plus `known` and `pass_rate`) that the IKEA recipe trains on.
   rlvr ikea-prepare recipes/ikea_search_cpu.yaml --k 8 --out runs/ikea_cpu_data/train.jsonl
 """
 
+ADAPTTHINK_HELP = """\
+AdaptThink's reference accuracy: the recipe's model answers every training problem k times in Thinking mode (the
+forced prefix of rollout.adaptive_thinking); R_ref = the share answered right (math-verify), one {"prompt", "r_ref"}
+line per problem, for the adaptthink reward (its kwargs.r_ref_file).
+
+  rlvr adaptthink-prepare recipes/adaptthink_cpu.yaml --k 8
+
+It writes the file the reward's `r_ref_file` kwarg names (or --out).
+"""
+
 KLCF_HELP = """\
 KLCF's checklists: the recipe's model answers every training question k times; the atomic claims of those answers that
 the knowledge source supports become the question's checklist (the knowledge source and verifier are the kwargs of the
@@ -46,6 +56,19 @@ recipe's klcf reward). Written as JSONL (the source columns plus `checklist`) fo
   rlvr klcf-prepare recipes/klcf_cpu.yaml --k 4
 
 It writes the file the reward's `checklists` kwarg names (or --out).
+"""
+
+EVAL_HELP = """\
+Evaluate a checkpoint, run folder, model folder or hub id on held-out data sets with a vLLM engine: accuracy, pass@k
+(unbiased), response length, NoThinking rate (--mode think), calibration (--confidence), every sample as JSONL.
+
+  rlvr eval --model runs/quickstart --data heldout svamp --n 8
+  rlvr eval recipes/adaptthink_cpu.yaml --model runs/adaptthink_cpu --mode think
+  rlvr eval --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --data math500 --mode budget --budget 2048 \\
+      rollout.adaptive_thinking.append_open_tag=false rollout.max_model_len=8192
+
+Modes: normal | think (the thinking block opened, the model decides) | nothinking (the block prefilled as finished) |
+budget (thinking cut at --budget tokens, then the answer).
 """
 
 MERGE_HELP = """\
@@ -61,30 +84,62 @@ Architectures and tokenizers must match (a clear error names the difference). Wi
 """
 
 
+def _reward_kwargs(cfg, name: str) -> dict | None:
+    """The kwargs of the recipe's reward `name` (None when the recipe has no such reward)."""
+    spec = next((r for r in cfg.rewards if r.name == name), None)
+    return None if spec is None else dict(spec.kwargs)
+
+
+def _output(args, kwargs: dict | None, key: str, command: str, reward: str) -> str:
+    out = args.out or (kwargs or {}).get(key)
+    if not out:
+        raise ValueError(f"{command}: give --out, or set the {reward} reward's kwargs.{key}")
+    return out
+
+
 def _prepare(command: str, cfg, args) -> None:
     """The offline steps; a ValueError is a stated problem (exit 2)."""
     from pathlib import Path
 
     from rl.dph import prepare
-    from rl.prepare import ikea_prepare, klcf_prepare
+    from rl.prepare import adaptthink_prepare, ikea_prepare, klcf_prepare
 
     try:
         if command == "dph-prepare":
             prepare(cfg)
         elif command == "ikea-prepare":
             ikea_prepare(cfg, args.k, Path(args.out))
+        elif command == "adaptthink-prepare":
+            out = _output(args, _reward_kwargs(cfg, "adaptthink"), "r_ref_file", command, "adaptthink")
+            if not cfg.rollout.adaptive_thinking.enabled:
+                raise ValueError("adaptthink-prepare samples in Thinking mode: set rollout.adaptive_thinking.enabled=true")
+            adaptthink_prepare(cfg, args.k, Path(out))
         else:
-            spec = next((r for r in cfg.rewards if r.name == "klcf"), None)
-            if spec is None:
+            kw = _reward_kwargs(cfg, "klcf")
+            if kw is None:
                 raise ValueError("klcf-prepare reads the knowledge source from the recipe's klcf reward; add "
                                  "{name: klcf, kwargs: {knowledge: {...}}} to rewards")
-            kw = dict(spec.kwargs)
-            out = args.out or kw.get("checklists")
-            if not out:
-                raise ValueError("klcf-prepare: give --out, or set the klcf reward's kwargs.checklists")
+            out = _output(args, kw, "checklists", command, "klcf")
             klcf_prepare(cfg, args.k, Path(out), kw.get("knowledge"), kw.get("verifier", "lexical"),
                          kw.get("verifier_model"), kw.get("support_threshold"))
     except ValueError as e:
+        print(f"rlvr: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _eval(args) -> None:
+    from pathlib import Path
+
+    from rl.eval_cli import run_eval
+
+    sampling = {"n": args.n, "temperature": args.temperature, "max_tokens": args.max_tokens}
+    args.overrides += [f"rollout.eval_sampling.{k}={v}" for k, v in sampling.items() if v is not None]
+    cfg = _load(args)
+    name = Path(str(args.model or cfg.model.path).rstrip("/")).name
+    out = Path(args.out or f"runs/eval/{name}-{args.mode}")
+    try:
+        run_eval(cfg, args.model, args.data, args.mode, out, args.limit, args.budget, args.confidence)
+    except (ValueError, FileNotFoundError) as e:
         print(f"rlvr: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -103,14 +158,30 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlvr", description="RL from verifiable rewards for language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", TRAIN_HELP), ("config", "Print the resolved, validated config of a recipe."),
-                            ("dph-prepare", DPH_HELP), ("ikea-prepare", IKEA_HELP), ("klcf-prepare", KLCF_HELP)):
+                            ("dph-prepare", DPH_HELP), ("ikea-prepare", IKEA_HELP), ("klcf-prepare", KLCF_HELP),
+                            ("adaptthink-prepare", ADAPTTHINK_HELP)):
         p = sub.add_parser(name, help=help_text.splitlines()[0], description=help_text,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (defaults when omitted)")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
-        if name in ("ikea-prepare", "klcf-prepare"):
+        if name in ("ikea-prepare", "klcf-prepare", "adaptthink-prepare"):
             p.add_argument("--k", type=int, default=8, help="answers per question (default 8)")
             p.add_argument("--out", required=name == "ikea-prepare", help="the JSONL file to write")
+    p = sub.add_parser("eval", help="Evaluate a checkpoint or model folder on held-out data sets.",
+                       description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", nargs="?", default=None, help="recipe YAML for the prompt format and engine (optional)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--model", help="a checkpoint, run folder, model folder or hub id (default: the recipe's model)")
+    p.add_argument("--data", nargs="+", default=["heldout"], help="heldout | a recipe eval set | "
+                   "gsm8k math500 aime24 amc23 svamp knowrl | a file (default: heldout)")
+    p.add_argument("--mode", default="normal", help="normal | think | nothinking | budget (default normal)")
+    p.add_argument("--budget", type=int, help="thinking tokens for --mode budget")
+    p.add_argument("--n", type=int, help="samples per problem (pass@k for k = 1, 2, 4, ..., n)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--max-tokens", type=int, help="answer tokens (after the thinking budget in budget mode)")
+    p.add_argument("--limit", type=int, help="the first N problems of each set")
+    p.add_argument("--confidence", action="store_true", help="ask for a verbalized confidence; report ECE, Brier, AUROC")
+    p.add_argument("--out", help="folder for the per-sample JSONL and the summary (default runs/eval/<model>-<mode>)")
     p = sub.add_parser("merge", help=MERGE_HELP.splitlines()[0], description=MERGE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="2 or 3 model folders, hub ids or embedded names: instruct, reasoning[, base]")
@@ -141,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.recipe is not None and "=" in args.recipe:  # `rlvr train key=value` without a recipe
         args.overrides.insert(0, args.recipe)
         args.recipe = None
+    if args.command == "eval":
+        _eval(args)
+        return
     cfg = _load(args)
     from rl.config import to_yaml
 

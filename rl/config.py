@@ -384,6 +384,19 @@ def validate(cfg: Config) -> None:
                "or rollout.search.knowledge.qa_data (a question-answer file)")
         _check(se.max_searches >= 1 and se.top_k >= 1, "rollout.search.max_searches and top_k must be >= 1")
         _check(not r.cure.enabled, "rollout.search and rollout.cure cannot be on together")
+    at = r.adaptive_thinking
+    if at.enabled:
+        _check(not (r.cure.enabled or se.enabled), "rollout.adaptive_thinking cannot be on with rollout.cure or "
+               "rollout.search")
+        _check(r.sampling.n >= 2, "rollout.adaptive_thinking splits each group in two halves: rollout.sampling.n >= 2")
+        _check(bool(at.close_tag) and bool(at.thinking_prefix),
+               "rollout.adaptive_thinking.close_tag and thinking_prefix must not be empty")
+        longest = max(at.thinking_max_tokens, at.nothinking_max_tokens)
+        _check(min(at.thinking_max_tokens, at.nothinking_max_tokens) >= 8,
+               "rollout.adaptive_thinking.thinking_max_tokens and nothinking_max_tokens must be >= 8")
+        _check(cfg.data.max_prompt_tokens + longest + 8 <= r.max_model_len,
+               f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + the longer adaptive_thinking limit ({longest})"
+               f" + the open tag exceeds rollout.max_model_len ({r.max_model_len}); raise it or shorten one")
     rp = cfg.reward_policy
     _check(rp.on_error in ("fail", "skip"), f"reward_policy.on_error={rp.on_error!r}; choose fail or skip")
     _check(rp.timeout_s is None or rp.timeout_s > 0, "reward_policy.timeout_s must be > 0 (or null for no limit)")

@@ -15,6 +15,7 @@ from rewards.answers import math_verify_reward
 from rewards.ikea import count_searches
 from rewards.qa import final_answer, grade_short_answer, parse_confidence
 from rl.calibration import calibration_metrics
+from rollout.adaptive import is_nothinking
 from rollout.base import SamplingConfig
 
 
@@ -53,10 +54,12 @@ def evaluate(
     sampling: SamplingConfig,
     seed: int = 0,
     grader: str = "math_verify",
+    close_tag: str | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Generate `sampling.n` answers per row with `generate(prompts, sampling, seeds)` (the fleet's, or the search
     rollout's); accuracy is the mean correctness over all of them. Short answers also report the "I don't know" and
-    wrong-answer rates, and calibration where answers state a confidence; answers that searched, the searches."""
+    wrong-answer rates, and calibration where answers state a confidence; answers that searched, the searches; with
+    `close_tag` (adaptive thinking), the share of answers that close the thinking block first (nothinking_rate)."""
     groups = generate(prompt_ids, sampling, [seed + i for i in range(len(prompt_ids))])
     samples = [(i, s) for i, g in enumerate(groups) for s in g]
     golds = [rows[i]["answer"] for i, _ in samples]
@@ -72,10 +75,12 @@ def evaluate(
     if grader == "short_answer":
         metrics["idk_rate"] = sum(refused) / n
         metrics["wrong_rate"] = 1.0 - metrics["accuracy"] - metrics["idk_rate"]
-        confidence = [parse_confidence(t) for t in texts]
-        if any(c is not None for c in confidence):
-            cal = calibration_metrics(confidence, correct, refused)
-            metrics |= {k: v for k, v in cal.items() if v is not None and k != "idk_rate"}
+    confidence = [parse_confidence(t) for t in texts]  # verbalized ("Confidence: 80%"), when answers state one
+    if any(c is not None for c in confidence):
+        cal = calibration_metrics(confidence, correct, refused)
+        metrics |= {k: v for k, v in cal.items() if v is not None and k != "idk_rate"}
+    if close_tag is not None:
+        metrics["nothinking_rate"] = sum(is_nothinking(t, close_tag) for t in texts) / n
     searches = [count_searches(t)[0] for t in texts]
     if any(searches):
         metrics["searches"] = sum(searches) / n

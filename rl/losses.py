@@ -8,6 +8,7 @@ the accumulated gradient.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +22,7 @@ LOG_RATIO_CLAMP = 20.0  # |log rho| bound before exp, so a stale token cannot ov
 
 @dataclass
 class PolicyLossConfig:
-    name: str = "ppo_clip"  # ppo_clip | gspo
+    name: str = "ppo_clip"  # ppo_clip | gspo | adaptthink_is
     clip_low: float = 0.2
     clip_high: float = 0.2  # DAPO clip-higher: 0.28
     dual_clip: float | None = None  # c > 1 enables dual clip for A < 0 (3.0 is usual)
@@ -87,6 +88,19 @@ def gspo(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: 
     seq_ratio = torch.exp(seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach().unsqueeze(-1)
     ratio = seq_ratio * torch.exp(logp - logp.detach())
     return clipped_surrogate(ratio, advantages, mask, cfg)
+
+
+@POLICY_LOSSES.register("adaptthink_is")
+def adaptthink_is(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
+                  cfg: PolicyLossConfig) -> PolicyLossOutput:
+    """AdaptThink's importance-sampled loss for the cold start (Zhang et al., 2025): the old log-prob of each
+    response's first token (the forced mode token) is log 0.5, the rest the behaviour policy's;
+    rho = exp(mean_t logp_theta - mean_t logp_IS), L = max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high)), in
+    GSPO's token form (the gradient of rho through every token). Use with agg_mode seq-mean-token-mean (the mean
+    over sequences) and clip 0.2 / 0.2 (0.8, 1.2)."""
+    first = (mask != 0).int().cumsum(-1).eq(1) & (mask != 0)  # the first token of each response in the loss
+    old = torch.where(first, torch.full_like(old_logp, math.log(0.5)), old_logp)
+    return gspo(logp, old, advantages, mask, cfg)
 
 
 LossAggregation = Callable[[Tensor, Tensor, float, float, float | None], Tensor]

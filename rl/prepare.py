@@ -3,6 +3,8 @@
 - `rlvr dph-prepare` (rl/dph.py): pi0's correct samples and log-probs for DPH-RL's divergence term;
 - `rlvr ikea-prepare`: IKEA's knowledge-boundary data: a question is *known* when any of k answers without search is
   correct (pass rate > 0), *unknown* when none is; the training file keeps both halves in equal numbers (1:1);
+- `rlvr adaptthink-prepare`: AdaptThink's R_ref, the starting model's accuracy per problem over k Thinking samples
+  (forced as in training), as a JSONL of {"prompt", "r_ref"} that the adaptthink reward reads;
 - `rlvr klcf-prepare`: KLCF's checklists: the atomic claims of k base-model answers that the knowledge source
   supports (deduplicated), per question, in a JSONL of {"prompt", "checklist"} that the klcf reward reads.
 
@@ -15,6 +17,7 @@ import json
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -28,9 +31,11 @@ class InitialSamples:
     tokenizer: object
 
 
-def sample_initial_policy(cfg, k: int, desc: str, score: bool = True, chunk: int = 64) -> InitialSamples:
+def sample_initial_policy(cfg, k: int, desc: str, score: bool = True, chunk: int = 64,
+                          rollout: Callable | None = None) -> InitialSamples:
     """The recipe's model answers every training question k times on a rollout fleet (the recipe's sampling, plain
-    generation: no search, no CURE), seeded per question; with `score`, the recipe's rewards score every answer."""
+    generation: no search, no CURE, unless `rollout(generate, tokenizer, prompts, sampling, seeds)` generates),
+    seeded per question; with `score`, the recipe's rewards score every answer."""
     import ray
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
@@ -53,7 +58,8 @@ def sample_initial_policy(cfg, k: int, desc: str, score: bool = True, chunk: int
     try:
         for start in tqdm(range(0, len(prompts), chunk), desc=desc, file=sys.stderr):
             idx = list(range(start, min(start + chunk, len(prompts))))
-            part = fleet.generate([prompts[i] for i in idx], sampling, [sample_seed(cfg.seed, 0, i, 0) for i in idx])
+            args = ([prompts[i] for i in idx], sampling, [sample_seed(cfg.seed, 0, i, 0) for i in idx])
+            part = rollout(fleet.generate, tokenizer, *args) if rollout is not None else fleet.generate(*args)
             groups += part
             if rewards is None:
                 scores += [None] * len(part)
@@ -138,4 +144,29 @@ def klcf_prepare(cfg, k: int, out: Path, knowledge: dict, verifier: str = "lexic
              "empty_checklists": sum(n == 0 for n in sizes)}
     print(f"[klcf-prepare] {stats['questions']} questions, k={k}: {stats['mean_checklist']:.2f} supported claims per "
           f"question ({stats['empty_checklists']} with none), written to {out}", file=sys.stderr)
+    return stats
+
+
+def adaptthink_prepare(cfg, k: int, out: Path) -> dict:
+    """R_ref per training problem: math-verify accuracy of k Thinking samples (rollout.adaptive_thinking's forced
+    Thinking prefix and limit); one {"prompt", "r_ref"} line per problem."""
+    from functools import partial
+
+    from rewards.answers import math_verify_reward
+    from rollout.adaptive import adaptive_rollout
+
+    thinking = cfg.rollout.adaptive_thinking
+    s = sample_initial_policy(cfg, k, "adaptthink-prepare: Thinking samples", score=False,
+                              rollout=partial(adaptive_rollout, cfg=thinking, nothinking_frac=0.0))
+    refs = []
+    for i, group in enumerate(s.groups):
+        acc = math_verify_reward(None, [x.text for x in group], [s.rows[i]["answer"]] * len(group))
+        refs.append(sum(acc) / max(1, len(acc)))
+    write_rows(out, [{"prompt": s.rows[i]["prompt"], "r_ref": r} for i, r in enumerate(refs)])
+    lengths = [len(x.response_ids) for g in s.groups for x in g]
+    stats = {"problems": len(refs), "mean_r_ref": float(np.mean(refs)) if refs else 0.0,
+             "solved_never": sum(r == 0 for r in refs), "mean_tokens": float(np.mean(lengths)) if lengths else 0.0}
+    print(f"[adaptthink-prepare] {stats['problems']} problems, k={k}: mean R_ref {stats['mean_r_ref']:.3f} "
+          f"({stats['solved_never']} never solved), {stats['mean_tokens']:.0f} tokens per Thinking answer; "
+          f"written to {out}", file=sys.stderr)
     return stats

@@ -6,6 +6,7 @@ itself is the same for every variant.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -41,6 +42,7 @@ from rl.metrics import StepTimer, Tracker
 from rl.models import resolve_model_path
 from rl.planning import PlanningDetector, dense_mask, hicra_advantages
 from rewards.knowledge import PassageStore
+from rollout.adaptive import adaptive_rollout, free_rollout
 from rollout.base import Sample, SamplingConfig
 from rollout.cure import assemble_group, branch_prompt, critical_position
 from rollout.fleet import RolloutFleet
@@ -327,7 +329,7 @@ class Trainer:
             if cfg.rollout.cure.enabled:  # CURE: each group grows by continuations from critical tokens
                 with timer("cure"):
                     generated = self.cure_branch(step, rows, tries, generated, cure_stats)
-            if not scoring:  # CURE, or the search rollout: scored once the groups are complete
+            if not scoring:  # CURE, search or adaptive thinking: scored once the groups are complete
                 scoring[0] = self.score(step, rows, generated)
             generated_count += sum(len(g) for g in generated)
             with timer("reward"):  # the part of scoring that generation did not hide
@@ -373,8 +375,12 @@ class Trainer:
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int],
                  on_groups: Callable | None = None) -> list[list[Sample]]:
         """The fleet's samples; with rollout.search, the multi-turn search rollout (rollout/search.py) over the
-        knowledge source (whose groups are only complete at the end, so on_groups is not called)."""
-        search = self.cfg.rollout.search
+        knowledge source; with rollout.adaptive_thinking, AdaptThink's forced modes (rollout/adaptive.py). Their
+        groups are only complete at the end, so on_groups is not called."""
+        search, adaptive = self.cfg.rollout.search, self.cfg.rollout.adaptive_thinking
+        if adaptive.enabled:
+            rollout = adaptive_rollout if adaptive.forced_modes else free_rollout
+            return rollout(self.fleet.generate, self.tokenizer, prompts, sampling, seeds, adaptive)
         if not search.enabled:
             return self.fleet.generate(prompts, sampling, seeds, on_groups=on_groups)
         retrieve = lambda q: [f"{p.title}: {p.text}" for p in self.knowledge.search(q, search.top_k)]  # noqa: E731
@@ -515,10 +521,12 @@ class Trainer:
 
     # -- evaluation and checkpoints -------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, dict]:
-        out = {}
+        out, adaptive = {}, self.cfg.rollout.adaptive_thinking
+        generate = (functools.partial(free_rollout, self.fleet.generate, self.tokenizer, cfg=adaptive)
+                    if adaptive.enabled else self.generate)  # AdaptThink is evaluated on the model's own choice
         for name, (rows, prompts, grader) in self.eval_sets.items():
-            metrics, records = evaluate(self.generate, rows, prompts, self.cfg.rollout.eval_sampling,
-                                        seed=self.cfg.seed, grader=grader)
+            metrics, records = evaluate(generate, rows, prompts, self.cfg.rollout.eval_sampling, seed=self.cfg.seed,
+                                        grader=grader, close_tag=adaptive.close_tag if adaptive.enabled else None)
             write_records(self.run_dir / "eval" / f"{name}_step_{step:06d}.jsonl", records)
             self.tracker.log(step, {f"eval/{name}/{k}": v for k, v in metrics.items()})
             out[name] = metrics

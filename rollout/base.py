@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -46,3 +47,8 @@ class RolloutEngine(ABC):
     @abstractmethod
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load new policy weights (names as in the HF model's state_dict)."""
+
+
+def continuation_seed(seed: int, sample: int, turn: int) -> int:
+    """The seed of a sample's continuation in a later turn (search results, a forced answer), from its prompt's seed."""
+    return int(np.random.SeedSequence([seed, sample, turn]).generate_state(1)[0])

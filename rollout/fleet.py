@@ -8,6 +8,7 @@ from typing import Callable
 import ray
 import torch
 
+from rollout.adaptive import AdaptiveThinkingConfig
 from rollout.base import RolloutEngine, Sample, SamplingConfig
 from rollout.cure import CureConfig
 from rollout.search import SearchConfig
@@ -33,6 +34,8 @@ class RolloutConfig:
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=1, temperature=0.0, max_tokens=256))
     cure: CureConfig = field(default_factory=CureConfig)  # branch responses at critical tokens (CURE stage 1)
     search: SearchConfig = field(default_factory=SearchConfig)  # multi-turn: <search> calls a retriever (IKEA)
+    adaptive_thinking: AdaptiveThinkingConfig = field(default_factory=AdaptiveThinkingConfig)  # AdaptThink's
+    # forced modes: half of each group starts by closing the thinking block (NoThinking), half by thinking
 
 
 def _import(path: str):

@@ -17,10 +17,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-import numpy as np
-
 from rewards.knowledge import KnowledgeConfig
-from rollout.base import Sample, SamplingConfig
+from rollout.base import Sample, SamplingConfig, continuation_seed
 
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 _QUERY = re.compile(r"<search>(.*?)</search>\s*", re.DOTALL)
@@ -48,10 +46,6 @@ def searched_query(text: str) -> str | None:
     """The query of a response that ended at a search tag, else None."""
     m = _QUERY.fullmatch(text[max(text.rfind(SEARCH_OPEN), 0):])
     return m.group(1).strip() if m else None
-
-
-def continuation_seed(seed: int, sample: int, turn: int) -> int:
-    return int(np.random.SeedSequence([seed, sample, turn]).generate_state(1)[0])
 
 
 def search_rollout(generate: Callable, tokenizer, prompts: list[list[int]], sampling: SamplingConfig,

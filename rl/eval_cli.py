@@ -1,0 +1,134 @@
+"""`rlvr eval`: a checkpoint, a run folder or any HF model folder on held-out data sets, with the training loop's
+evaluation code (rl/evaluate.py) on a vLLM rollout fleet.
+
+    rlvr eval --model runs/quickstart --data svamp gsm8k --n 8 --limit 200
+    rlvr eval recipes/adaptthink_cpu.yaml --model runs/adaptthink_cpu --data heldout --mode nothinking
+    rlvr eval --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --data math500 --mode budget --budget 2048 --n 4
+
+The recipe (default: the built-in defaults) gives the prompt format (instruction, system prompt, few-shot turns), the
+engine settings, the thinking tags and the sampling (rollout.eval_sampling; --n, --temperature, --max-tokens change
+it). Data sets: `heldout` (the recipe's data.eval), the recipe's eval_sets by name, the shared sets by name
+(PRESETS: the answer extraction each needs), or a file. Modes: `normal` (the prompt as it is), `think` (the thinking
+block opened, the model decides: reports the NoThinking rate), `nothinking` (the block prefilled as finished),
+`budget` (thinking cut at --budget tokens, then the answer). Writes OUT/<set>.jsonl (every sample) and OUT/summary.md,
+OUT/summary.json; prints the table.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from rl.data import DatasetConfig
+
+SHARED = "../shared/data"
+PRESETS = {  # the shared data sets, with the answer extraction each needs
+    "gsm8k": DatasetConfig(source=f"{SHARED}/gsm8k/test.jsonl", prompt_template="{question}", answer_column="answer",
+                           answer_after="####"),
+    "math500": DatasetConfig(source=f"{SHARED}/math500/test.jsonl", prompt_template="{problem}", answer_column="answer"),
+    "aime24": DatasetConfig(source=f"{SHARED}/aime24/test.jsonl", prompt_template="{problem}", answer_column="answer"),
+    "amc23": DatasetConfig(source=f"{SHARED}/amc23/test.jsonl", prompt_template="{problem}", answer_column="answer"),
+    "svamp": DatasetConfig(source=f"{SHARED}/svamp/test.jsonl", prompt_template="{Body} {Question}",
+                           answer_column="Answer"),
+    "knowrl": DatasetConfig(source=f"{SHARED}/knowrl/train.json", prompt_template="{question}",
+                            answer_column="answers", offset=2977, grader="short_answer"),  # the held-out tail
+}
+MODES = ("normal", "think", "nothinking", "budget")
+CONFIDENCE_INSTRUCTION = " After your answer, state how confident you are that it is correct as 'Confidence: N%'."
+
+
+def data_sets(cfg, names: list[str], limit: int | None) -> dict[str, DatasetConfig]:
+    """Each name: heldout | a recipe eval_sets key | a PRESETS name | a data file (its stem names it)."""
+    out = {}
+    for name in names:
+        if name == "heldout":
+            if cfg.data.eval is None:
+                raise ValueError("--data heldout: the recipe has no data.eval")
+            ds = cfg.data.eval
+        elif name in cfg.eval_sets:
+            ds = cfg.eval_sets[name]
+        elif name in PRESETS:
+            ds = PRESETS[name]
+        elif Path(name).exists():
+            ds, name = DatasetConfig(source=name), Path(name).stem
+        else:
+            raise ValueError(f"--data {name!r}: not heldout, a recipe eval set ({sorted(cfg.eval_sets)}), a shared set "
+                             f"({sorted(PRESETS)}) or an existing file")
+        out[name] = replace(ds, limit=limit if limit is not None else ds.limit)
+    return out
+
+
+def generator(mode: str, fleet, tokenizer, cfg, budget: int | None):
+    from rollout.adaptive import budget_forcing_rollout, free_rollout, nothinking_rollout
+
+    thinking = cfg.rollout.adaptive_thinking
+    if mode == "normal":
+        return fleet.generate
+    if mode == "budget" and not (budget and budget > 0):
+        raise ValueError("--mode budget needs --budget B (thinking tokens, > 0)")
+    fn = {"think": free_rollout, "nothinking": nothinking_rollout, "budget": budget_forcing_rollout}[mode]
+    extra = {"budget": budget} if mode == "budget" else {}
+    return functools.partial(fn, fleet.generate, tokenizer, cfg=thinking, **extra)
+
+
+def summary_table(results: dict[str, dict[str, float]]) -> str:
+    keys = ["accuracy", "response_tokens", "truncated"] + sorted(
+        {k for m in results.values() for k in m if k.startswith("pass@")}, key=lambda k: int(k[5:])) + [
+        k for k in ("nothinking_rate", "idk_rate", "wrong_rate", "ece", "brier", "auroc")
+        if any(k in m for m in results.values())]
+    lines = ["| set | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name, m in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" if k in m else "-" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def run_eval(cfg, model: str | None, names: list[str], mode: str, out: Path, limit: int | None = None,
+             budget: int | None = None, confidence: bool = False) -> dict[str, dict[str, float]]:
+    import ray
+    from transformers import AutoTokenizer
+
+    from rl.data import load_prompts
+    from rl.evaluate import evaluate, write_records
+    from rl.models import resolve_model_path
+    from rl.trainer import ray_init_kwargs
+    from rollout.fleet import RolloutFleet
+
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode!r}; choose one of {list(MODES)}")
+    if mode == "budget" and budget:
+        need = cfg.data.max_prompt_tokens + budget + 16 + cfg.rollout.eval_sampling.max_tokens
+        if need > cfg.rollout.max_model_len:
+            raise ValueError(f"--budget {budget} + --max-tokens {cfg.rollout.eval_sampling.max_tokens} + "
+                             f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} (+ the tags) exceed "
+                             f"rollout.max_model_len {cfg.rollout.max_model_len}; raise it (rollout.max_model_len={need})")
+    model_path = resolve_model_path(model or cfg.model.path)  # a run folder resolves to its latest checkpoint
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data = replace(cfg.data, instruction=cfg.data.instruction + (CONFIDENCE_INSTRUCTION if confidence else ""))
+    sets = {name: load_prompts(ds, f"--data {name}", data, tokenizer)[:2] + (ds.grader,)
+            for name, ds in data_sets(cfg, names, limit).items()}  # every set checked before an engine starts
+    if not ray.is_initialized():
+        ray.init(**ray_init_kwargs(cfg.ray))
+    fleet = RolloutFleet(cfg.rollout, model_path, seed=cfg.seed)
+    results = {}
+    try:
+        generate = generator(mode, fleet, tokenizer, cfg, budget)
+        for name, (rows, prompts, grader) in sets.items():
+            close = cfg.rollout.adaptive_thinking.close_tag if mode == "think" else None
+            metrics, records = evaluate(generate, rows, prompts, cfg.rollout.eval_sampling, seed=cfg.seed,
+                                        grader=grader, close_tag=close)
+            write_records(out / f"{name}.jsonl", records)
+            results[name] = metrics
+            print(f"[eval] {name}: accuracy {metrics['accuracy']:.3f} over {len(rows)} problems", file=sys.stderr)
+    finally:
+        fleet.shutdown()
+    table = summary_table(results)
+    head = (f"# rlvr eval: {model or cfg.model.path}, mode {mode}" + (f" (budget {budget})" if mode == "budget" else "")
+            + f", {cfg.rollout.eval_sampling.n} samples per problem, temperature {cfg.rollout.eval_sampling.temperature}")
+    (out / "summary.md").write_text(head + "\n\n" + table + "\n")
+    (out / "summary.json").write_text(json.dumps({"model": model_path, "mode": mode, "budget": budget,
+                                                  "results": results}, indent=1))
+    print(table)
+    return results
