@@ -1,8 +1,9 @@
-"""What the evidence scripts share: run one arm (`rlvr train RECIPE overrides`), load its per-step metrics and
-results, and format mean +- sd over seeds."""
+"""What the evidence scripts share: their command line, run one arm (`rlvr train RECIPE overrides`), load its
+per-step metrics and results, format mean +- sd over seeds, and plot one curve per arm and seed."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -12,6 +13,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RLVR = [sys.executable, "-m", "rl.cli"]
+
+
+def evidence_parser(doc: str, name: str, steps: int) -> argparse.ArgumentParser:
+    """--seeds, --steps, --out (benchmarks/results/NAME), --runs (runs/NAME_evidence), --report-only."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / name)
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / f"{name}_evidence", help="where the runs go")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from --runs")
+    return p
+
+
+def plot_seed_curves(ax, curves: dict[str, list[dict[int, float]]]) -> None:
+    """curves[arm] = one {step: value} per seed: a colour per arm, its first seed labelled, the others lighter."""
+    for i, (arm, per_seed) in enumerate(curves.items()):
+        for j, c in enumerate(per_seed):
+            ax.plot(list(c), list(c.values()), marker="o", markersize=3, color=f"C{i}", alpha=0.9 if j == 0 else 0.45,
+                    label=arm if j == 0 else None)
 
 
 def run(cmd: list[str], log: Path) -> None:

@@ -16,7 +16,6 @@ Runs that finished (results.json) are reused. Writes OUT/results.md and OUT/*.pn
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -24,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import REPO, RLVR, load, mean_sd, run  # noqa: E402
+from arms import REPO, RLVR, evidence_parser, load, mean_sd, plot_seed_curves, run  # noqa: E402
 
 ARMS = {"grpo": "factual_grpo_cpu.yaml", "knowrl": "knowrl_cpu.yaml", "abstain": "abstain_cpu.yaml",
         "ikea": "ikea_search_cpu.yaml", "klcf": "klcf_cpu.yaml"}
@@ -145,10 +144,7 @@ def plot(out: Path, arms: list[str], curves: dict) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key, title in zip(axes, ("accuracy", "idk", "format"), ("accuracy", '"I don\'t know" rate', "format rate")):
-        for i, arm in enumerate(arms):
-            for j, c in enumerate(curves[arm]):
-                ax.plot(list(c), [v[key] for v in c.values()], color=f"C{i}", alpha=0.9 if j == 0 else 0.45,
-                        label=arm if j == 0 else None)
+        plot_seed_curves(ax, {arm: [{st: v[key] for st, v in c.items()} for c in curves[arm]] for arm in arms})
         ax.set(xlabel="step", title=f"{title} of the step's samples")
     axes[0].legend()
     fig.tight_layout()
@@ -156,14 +152,9 @@ def plot(out: Path, arms: list[str], curves: dict) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--steps", type=int, default=10)
+    p = evidence_parser(__doc__, "factual", steps=10)
     p.add_argument("--eval-limit", type=int, default=100)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "factual")
-    p.add_argument("--runs", type=Path, default=REPO / "runs" / "factual_evidence")
-    p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs.mkdir(parents=True, exist_ok=True)

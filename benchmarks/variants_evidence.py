@@ -17,14 +17,13 @@ runs/variants_evidence (--runs).
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import REPO, RLVR, load, mean_sd, run  # noqa: E402
+from arms import RLVR, evidence_parser, load, mean_sd, plot_seed_curves, run  # noqa: E402
 
 ARMS = {  # name: (recipe, extra overrides)
     "grpo": ("quickstart.yaml", []),
@@ -134,13 +133,9 @@ def plot(out: Path, runs: dict, seeds: list[int], arms: list[str], start: dict) 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, arm in enumerate(a for a in ENTROPY_ARMS if a in arms):
-        for j, s in enumerate(s for s in seeds if (arm, s) in runs):
-            steps = runs[(arm, s)][0]
-            x = [m["step"] for m in steps]
-            kw = dict(color=f"C{i}", alpha=0.9 if j == 0 else 0.45, label=arm if j == 0 else None)
-            axes[0].plot(x, [m["learner/entropy"] for m in steps], **kw)
-            axes[1].plot(x, [m["accuracy"] for m in steps], **kw)
+    for ax, key in zip(axes, ("learner/entropy", "accuracy")):
+        plot_seed_curves(ax, {arm: [{m["step"]: m[key] for m in runs[(arm, s)][0]} for s in seeds if (arm, s) in runs]
+                              for arm in ENTROPY_ARMS if arm in arms})
     axes[0].set(xlabel="step", ylabel="token entropy (nats)", title="entropy per step (one line per seed)")
     axes[1].set(xlabel="step", ylabel="training accuracy", title="accuracy per step")
     axes[0].legend()
@@ -162,13 +157,8 @@ def plot(out: Path, runs: dict, seeds: list[int], arms: list[str], start: dict) 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--steps", type=int, default=12)
+    p = evidence_parser(__doc__, "variants", steps=12)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "variants")
-    p.add_argument("--runs", type=Path, default=REPO / "runs" / "variants_evidence", help="where the runs go")
-    p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
