@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import RLVR, evidence_parser, mean_sd, plot_seed_curves, run  # noqa: E402
+from arms import RLVR, evidence_parser, mean_sd, plot_curves, run  # noqa: E402
 
 RECIPE = "recipes/adaptthink_cpu.yaml"
 ARMS = {
@@ -80,18 +80,7 @@ def report(out: Path, runs_dir: Path, seeds: list[int], steps: int) -> None:
             lines.append(f"| {arm} | {step} | " + " | ".join(mean_sd([v[k] for v in vals]) for k in KEYS) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, key in zip(axes, KEYS):
-        plot_seed_curves(ax, {arm: [{st: v[key] for st, v in c.items()} for c in runs] for arm, runs in curves.items()})
-        ax.set(xlabel="step", title=f"held-out {key}")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "adaptthink_curves.png", dpi=120)
+    plot_curves(out / "adaptthink_curves.png", curves, [(k, f"held-out {k}") for k in KEYS])
 
 
 def main() -> None:

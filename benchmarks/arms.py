@@ -26,12 +26,25 @@ def evidence_parser(doc: str, name: str, steps: int) -> argparse.ArgumentParser:
     return p
 
 
-def plot_seed_curves(ax, curves: dict[str, list[dict[int, float]]]) -> None:
-    """curves[arm] = one {step: value} per seed: a colour per arm, its first seed labelled, the others lighter."""
-    for i, (arm, per_seed) in enumerate(curves.items()):
-        for j, c in enumerate(per_seed):
-            ax.plot(list(c), list(c.values()), marker="o", markersize=3, color=f"C{i}", alpha=0.9 if j == 0 else 0.45,
-                    label=arm if j == 0 else None)
+def plot_curves(path: Path, curves: dict[str, list[dict[int, dict[str, float]]]], panels: list[tuple[str, str]]) -> None:
+    """One panel per (metric key, title); curves[arm] = one {step: metrics} per seed. A colour per arm, its first
+    seed labelled, the others lighter. Saved as a PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.7 * len(panels), 4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        for i, (arm, per_seed) in enumerate(curves.items()):
+            for j, c in enumerate(per_seed):
+                ax.plot(list(c), [v[key] for v in c.values()], marker="o", markersize=3, color=f"C{i}",
+                        alpha=0.9 if j == 0 else 0.45, label=arm if j == 0 else None)
+        ax.set(xlabel="step", title=title)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def run(cmd: list[str], log: Path) -> None:

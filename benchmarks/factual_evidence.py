@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import REPO, RLVR, evidence_parser, load, mean_sd, plot_seed_curves, run  # noqa: E402
+from arms import REPO, RLVR, evidence_parser, load, mean_sd, plot_curves, run  # noqa: E402
 
 ARMS = {"grpo": "factual_grpo_cpu.yaml", "knowrl": "knowrl_cpu.yaml", "abstain": "abstain_cpu.yaml",
         "ikea": "ikea_search_cpu.yaml", "klcf": "klcf_cpu.yaml"}
@@ -133,22 +133,8 @@ def report(out: Path, runs_dir: Path, seeds: list[int], steps: int, eval_limit: 
         lines.append(f"| {i} | " + " | ".join(cells) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(out, arms, curves)
-
-
-def plot(out: Path, arms: list[str], curves: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, key, title in zip(axes, ("accuracy", "idk", "format"), ("accuracy", '"I don\'t know" rate', "format rate")):
-        plot_seed_curves(ax, {arm: [{st: v[key] for st, v in c.items()} for c in curves[arm]] for arm in arms})
-        ax.set(xlabel="step", title=f"{title} of the step's samples")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "factual_curves.png", dpi=120)
+    panels = [("accuracy", "accuracy"), ("idk", '"I don\'t know" rate'), ("format", "format rate")]
+    plot_curves(out / "factual_curves.png", {a: curves[a] for a in arms}, [(k, f"{t} of the step's samples") for k, t in panels])
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import RLVR, evidence_parser, load, mean_sd, plot_seed_curves, run  # noqa: E402
+from arms import RLVR, evidence_parser, load, mean_sd, plot_curves, run  # noqa: E402
 
 ARMS = {  # name: (recipe, extra overrides)
     "grpo": ("quickstart.yaml", []),
@@ -132,15 +132,10 @@ def plot(out: Path, runs: dict, seeds: list[int], arms: list[str], start: dict) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key in zip(axes, ("learner/entropy", "accuracy")):
-        plot_seed_curves(ax, {arm: [{m["step"]: m[key] for m in runs[(arm, s)][0]} for s in seeds if (arm, s) in runs]
-                              for arm in ENTROPY_ARMS if arm in arms})
-    axes[0].set(xlabel="step", ylabel="token entropy (nats)", title="entropy per step (one line per seed)")
-    axes[1].set(xlabel="step", ylabel="training accuracy", title="accuracy per step")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "entropy_dynamics.png", dpi=120)
+    curves = {arm: [{m["step"]: m for m in runs[(arm, s)][0]} for s in seeds if (arm, s) in runs]
+              for arm in ENTROPY_ARMS if arm in arms}
+    plot_curves(out / "entropy_dynamics.png", curves,
+                [("learner/entropy", "token entropy (nats), one line per seed"), ("accuracy", "training accuracy")])
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, ev in zip(axes, ("heldout", "svamp")):
