@@ -35,7 +35,8 @@ def adaptthink_value(accuracy: float, r_ref: float, nothinking: bool, delta: flo
 @REWARDS.register("adaptthink")
 class AdaptThink:
     """Columns: `answer`; `r_ref` when the data has it, else `r_ref_file` (the JSONL of {"prompt", "r_ref"} that
-    `rlvr adaptthink-prepare` writes) gives R_ref by prompt. Per sample: {"reward", "accuracy", "nothinking"}."""
+    `rlvr adaptthink-prepare` writes) gives R_ref by prompt. Per sample: {"reward", "accuracy", "nothinking",
+    and "accuracy_nothinking" or "accuracy_thinking"}."""
 
     def __init__(self, r_ref_file: str | None = None, delta: float = 0.05, open_tag: str = "<think>",
                  close_tag: str = "</think>"):
@@ -73,5 +74,8 @@ class AdaptThink:
             no_think = is_nothinking(c, self.close_tag)
             a = 0.0 if thinking_blocks(c, self.open_tag, self.close_tag) > 1 else a
             out.append({"reward": adaptthink_value(a, ref, no_think, self.delta), "accuracy": a,
-                        "nothinking": float(no_think)})
+                        "nothinking": float(no_think),
+                        # each mode's accuracy (the trainer averages an extra over the samples that have it): the
+                        # gap between them, against delta, is what moves the choice
+                        "accuracy_nothinking" if no_think else "accuracy_thinking": a})
         return out

@@ -60,7 +60,7 @@ def adaptive_rollout(generate: Callable, tokenizer, prompts: list[list[int]], sa
     """`generate(prompts, sampling, seeds)` is the fleet's. Per prompt, round(n * nothinking_frac) NoThinking samples
     first, then Thinking samples (nothinking_frac 0: all think, as the offline R_ref step wants)."""
     n_no = round(sampling.n * nothinking_frac)
-    opened = _opened(tokenizer, prompts, cfg)
+    opened = opened_prompts(tokenizer, prompts, cfg)
     groups: list[list[Sample]] = [[] for _ in prompts]
     for mode, n, text, limit in ((0, n_no, cfg.close_tag, cfg.nothinking_max_tokens),
                                  (1, sampling.n - n_no, cfg.thinking_prefix, cfg.thinking_max_tokens)):
@@ -79,7 +79,8 @@ def adaptive_rollout(generate: Callable, tokenizer, prompts: list[list[int]], sa
 NOTHINKING_PREFILL = "Okay, I think I have finished thinking."  # NoThinking (Ma et al., 2025)
 
 
-def _opened(tokenizer, prompts: list[list[int]], cfg: AdaptiveThinkingConfig) -> list[list[int]]:
+def opened_prompts(tokenizer, prompts: list[list[int]], cfg: AdaptiveThinkingConfig) -> list[list[int]]:
+    """The prompts with the thinking block opened (open_tag appended unless the chat template already opens it)."""
     return [p + tokenizer.encode(cfg.open_tag, add_special_tokens=False) if cfg.append_open_tag else list(p)
             for p in prompts]
 
@@ -90,7 +91,7 @@ def nothinking_rollout(generate: Callable, tokenizer, prompts: list[list[int]], 
     """NoThinking: the thinking block is prefilled as finished (prefill + close_tag, part of the prompt) and the
     model writes the answer; the text graded is the answer."""
     forced = tokenizer.encode(prefill + cfg.close_tag, add_special_tokens=False)
-    return generate([p + forced for p in _opened(tokenizer, prompts, cfg)], sampling, seeds)
+    return generate([p + forced for p in opened_prompts(tokenizer, prompts, cfg)], sampling, seeds)
 
 
 def budget_forcing_rollout(generate: Callable, tokenizer, prompts: list[list[int]], sampling: SamplingConfig,
@@ -98,7 +99,7 @@ def budget_forcing_rollout(generate: Callable, tokenizer, prompts: list[list[int
     """Budget forcing (Muennighoff et al., 2025): think for at most `budget` tokens (generation stops at close_tag);
     a block still open then is closed by force (close_tag appended); every sample then writes its answer with
     `sampling.max_tokens`. The response is thinking + close_tag + answer."""
-    think = generate(_opened(tokenizer, prompts, cfg), replace(sampling, max_tokens=budget,
+    think = generate(opened_prompts(tokenizer, prompts, cfg), replace(sampling, max_tokens=budget,
                                                                  stop=[*sampling.stop, cfg.close_tag]), seeds)
     close = tokenizer.encode(cfg.close_tag, add_special_tokens=False)
     heads = []  # (group, sample, response so far, its text)
@@ -119,7 +120,7 @@ def budget_forcing_rollout(generate: Callable, tokenizer, prompts: list[list[int
 def free_rollout(generate: Callable, tokenizer, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int],
                  cfg: AdaptiveThinkingConfig) -> list[list[Sample]]:
     """Evaluation: the thinking block opened (append_open_tag), the model chooses whether to think."""
-    return generate(_opened(tokenizer, prompts, cfg), sampling, seeds)
+    return generate(opened_prompts(tokenizer, prompts, cfg), sampling, seeds)
 
 
 def is_nothinking(completion: str, close_tag: str = "</think>") -> bool:

@@ -30,6 +30,8 @@ def test_the_reward_reads_modes_and_zeroes_a_second_thinking_block():
             ["5"] * 4, r_ref=[0.75] * 4)
     assert [o["reward"] for o in out] == pytest.approx([0.30, 0.25, -0.75, -0.70])
     assert [o["nothinking"] for o in out] == [1.0, 0.0, 0.0, 1.0]
+    assert [o.get("accuracy_nothinking") for o in out] == [1.0, None, None, 0.0]
+    assert [o.get("accuracy_thinking") for o in out] == [None, 1.0, 0.0, None]
     assert thinking_blocks("no tags at all") == 1 and is_nothinking("  </think>x") and not is_nothinking("x</think>")
 
 
@@ -155,5 +157,6 @@ def test_adaptthink_prepare_then_train_end_to_end(ray_cluster, tiny_model_path, 
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "reward/adaptthink/nothinking" in m]
     assert len(steps) == 2 and all(m["reward/adaptthink/nothinking"] == 0.5 for m in steps)  # half of every group
+    assert all(0.0 <= m[f"reward/adaptthink/accuracy_{k}"] <= 1.0 for m in steps for k in ("thinking", "nothinking"))
     assert any("eval/heldout/nothinking_rate" in m for m in metrics)
 
