@@ -383,6 +383,12 @@ def _load_local(path: Path, ds: DatasetConfig) -> datasets.Dataset:
                          f"extension, {files[0].suffix}, says it is {fmt})") from e
     if len(raw) == 0:
         raise ValueError(f"data source {ds.source!r} has no rows; give a file with rows")
+    try:  # a parquet file can hold text that is not UTF-8: datasets would only fail later, on the row that has it
+        raw.data.validate(full=True)
+    except Exception as e:
+        raise ValueError(f"data source {ds.source!r}: invalid values in {files[0] if len(files) == 1 else files} "
+                         f"({_root_cause(e)}; columns, counting from 0: {raw.column_names}); rewrite the file with "
+                         "UTF-8 text") from e
     return raw
 
 

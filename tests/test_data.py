@@ -188,6 +188,19 @@ def test_other_formats_relative_paths_and_existing_prompt_columns(tmp_path, monk
     assert rows["answer"][1] == "1000"
 
 
+def test_parquet_text_that_is_not_utf8_is_named_before_any_row_is_read(tmp_path):
+    # found by tests/test_fuzz_inputs.py: datasets loads such a file and only fails when a row is read
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"question": ["What is 2+2?"], "answer": ["4"]}), path, compression="none",
+                   use_dictionary=False, write_statistics=False)
+    path.write_bytes(path.read_bytes().replace(b"What", b"\x80hat", 1))
+    with pytest.raises(ValueError, match=r"bad\.parquet.*UTF8.*rewrite the file with UTF-8 text"):
+        load_dataset_rows(DatasetConfig(source=str(path), prompt_template="{question}"), DataConfig())
+
+
 def test_hub_names_go_to_load_dataset(monkeypatch):
     calls = []
 
