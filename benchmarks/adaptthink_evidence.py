@@ -42,14 +42,13 @@ ARMS = {
     "adaptthink_delta0.5": ["rewards[0].kwargs.delta=0.5"],
 }
 KEYS = ("accuracy", "response_tokens", "nothinking_rate")
-CLOSE_TAG = "</think>"  # adaptthink_cpu.yaml's
+DATA = ["data.arithmetic.num_train=256", "data.arithmetic.num_eval=64"]  # every arm's, and the report's
 
 
 def common(steps: int, seed: int, eval_every: int, extra: list[str]) -> list[str]:
     return [f"seed={seed}", f"trainer.total_steps={steps}", f"trainer.eval_every={eval_every}",
             "trainer.eval_at_start=true", "trainer.save_every=0", "trainer.keep_checkpoints=1", "eval_sets={}",
-            "data.arithmetic.num_train=256", "data.arithmetic.num_eval=64", "logging.progress=false",
-            "logging.tensorboard=false", *extra]
+            "logging.progress=false", "logging.tensorboard=false", *DATA, *extra]
 
 
 def run_arm(arm: str, seed: int, steps: int, eval_every: int, runs_dir: Path, extra: list[str]) -> Path:
@@ -71,34 +70,33 @@ def run_arm(arm: str, seed: int, steps: int, eval_every: int, runs_dir: Path, ex
     return folder
 
 
-def cfg_model(overrides: list[str]) -> str:
-    return resolve_model_path(load_config(RECIPE, overrides).model.path)
-
-
 def final_model(folder: Path) -> Path | None:
     models = sorted((folder / "checkpoints").glob("step_*/model"), key=lambda m: int(m.parent.name[5:]))
     return models[-1] if models else None
 
 
-def choice_probs(model_dir: str | Path, overrides: list[str]) -> tuple[float, float]:
-    """What AdaptThink trains: the policy's mean probability, over the held-out prompts (opened with <think>), that
-    its first token is NoThinking's (the close tag's first token) and Thinking's (the thinking prefix's). Greedy
+def choice_inputs(cfg) -> tuple[list[list[int]], list[int]]:
+    """The held-out prompts opened with <think> (token ids), and the first token of NoThinking (the close tag) and
+    of Thinking (the thinking prefix). Training keeps the tokenizer, so the start's serves every model."""
+    from transformers import AutoTokenizer
+
+    at = cfg.rollout.adaptive_thinking
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.path))
+    _, prompts, _ = load_prompts(cfg.data.eval, "data.eval", cfg.data, tok)
+    return opened_prompts(tok, prompts, at), [tok.encode(t, add_special_tokens=False)[0]
+                                               for t in (at.close_tag, at.thinking_prefix)]
+
+
+def choice_probs(model_dir: str | Path, prompts: list[list[int]], first: list[int]) -> list[float]:
+    """What AdaptThink trains: the policy's mean probability over `prompts` of each first token in `first`. Greedy
     evaluation only shows the choice once one of them becomes the most likely token."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    cfg = load_config(RECIPE, overrides)
-    at = cfg.rollout.adaptive_thinking
-    tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    _, prompts, _ = load_prompts(cfg.data.eval, "data.eval", cfg.data, tok)
-    first = [tok.encode(t, add_special_tokens=False)[0] for t in (at.close_tag, at.thinking_prefix)]
-    probs = []
     with torch.no_grad():
-        for p in opened_prompts(tok, prompts, at):
-            probs.append(model(torch.tensor([p])).logits[0, -1].softmax(-1)[first])
-    no, think = torch.stack(probs).mean(0).tolist()
-    return no, think
+        probs = [model(torch.tensor([p])).logits[0, -1].softmax(-1)[first] for p in prompts]
+    return torch.stack(probs).mean(0).tolist()
 
 
 def eval_curve(folder: Path) -> dict[int, dict[str, float]]:
@@ -111,33 +109,42 @@ def eval_curve(folder: Path) -> dict[int, dict[str, float]]:
     return out
 
 
-def mode_breakdown(folder: Path, step: int) -> dict[str, tuple[float, float]]:
-    """From the held-out samples of one evaluation: per kind of answer (`kind`), (share, accuracy)."""
+KINDS = ("NoThinking", "Thinking", "unclosed")
+
+
+def by_kind(completions: list[str], correct: list[bool], close_tag: str) -> dict[str, list[bool]]:
+    """Correctness grouped by kind of answer. NoThinking: the block closed first; Thinking: closed after some
+    reasoning; unclosed: the model answered inside the opened block (a format slip; graded all the same)."""
+    out: dict[str, list[bool]] = {k: [] for k in KINDS}
+    for c, ok in zip(completions, correct):
+        out["NoThinking" if is_nothinking(c, close_tag) else "Thinking" if close_tag in c else "unclosed"].append(ok)
+    return out
+
+
+def mode_breakdown(folder: Path, step: int, close_tag: str) -> dict[str, tuple[float, float]]:
+    """From the held-out samples of one evaluation: per kind of answer, (share, accuracy)."""
     rows = [json.loads(line) for line in (folder / "eval" / f"heldout_step_{step:06d}.jsonl").read_text().splitlines()]
-    kinds: dict[str, list[bool]] = {"NoThinking": [], "Thinking": [], "unclosed": []}
-    for r in rows:
-        kinds[kind(r["completion"])].append(bool(r["correct"]))
+    kinds = by_kind([r["completion"] for r in rows], [bool(r["correct"]) for r in rows], close_tag)
     return {k: (len(v) / len(rows), sum(v) / len(v) if v else float("nan")) for k, v in kinds.items()}
 
 
-def kind(completion: str) -> str:
-    """NoThinking: the block closed first; Thinking: closed after some reasoning; unclosed: the model answered inside
-    the opened block (a format slip; graded on the answer all the same)."""
-    return ("NoThinking" if is_nothinking(completion, CLOSE_TAG)
-            else "Thinking" if CLOSE_TAG in completion else "unclosed")
-
-
-def training_modes(folder: Path, answers: list[str]) -> dict[int, dict[str, list[bool]]]:
-    """Per training step: each kind's correctness over the step's samples (from rollouts.jsonl)."""
-    out: dict[int, dict[str, list[bool]]] = {}
+def training_modes(folder: Path, answers: list[str], close_tag: str) -> dict[int, dict[str, list[bool]]]:
+    """Per training step: each kind's correctness over the step's samples (rollouts.jsonl, graded by math-verify)."""
+    steps: dict[int, list[dict]] = {}
     for line in (folder / "rollouts.jsonl").read_text().splitlines():
         r = json.loads(line)
-        correct = math_verify_reward(None, [r["completion"]], answer=[answers[r["row"]]])[0] == 1.0
-        out.setdefault(r["step"], {}).setdefault(kind(r["completion"]), []).append(correct)
+        steps.setdefault(r["step"], []).append(r)
+    out = {}
+    for step, rows in steps.items():
+        completions = [r["completion"] for r in rows]
+        scores = math_verify_reward(None, completions, answer=[answers[r["row"]] for r in rows])
+        out[step] = by_kind(completions, [x == 1.0 for x in scores], close_tag)
     return out
 
 
 def report(out: Path, runs_dir: Path, seeds: list[int], steps: int) -> None:
+    cfg = load_config(RECIPE, DATA)
+    close_tag = cfg.rollout.adaptive_thinking.close_tag
     curves = {a: [eval_curve(runs_dir / f"{a}_s{s}") for s in seeds if (runs_dir / f"{a}_s{s}" / "results.json").exists()]
               for a in ARMS}
     lines = [f"# AdaptThink vs GRPO on a 2-core CPU: SmolLM2-135M-Instruct, arithmetic, {steps} steps", "",
@@ -156,18 +163,17 @@ def report(out: Path, runs_dir: Path, seeds: list[int], steps: int) -> None:
     for arm in ARMS:
         folder = runs_dir / f"{arm}_s{seeds[0]}"
         for step in sorted(curves[arm][0]) if curves[arm] else []:
-            kinds = mode_breakdown(folder, step)
+            kinds = mode_breakdown(folder, step, close_tag)
             lines.append(f"| {arm} | {step} | " + " | ".join(f"{share:.2f}, acc {acc:.2f}" if share else "0"
                                                             for share, acc in kinds.values()) + " |")
     lines += ["", "## The policy's first-token choice on the held-out prompts (mean probability; `choice_probs`)", "",
               "| model | P(NoThinking: `</think>` first) | P(Thinking: `First`) | P(anything else) |", "|---|---|---|---|"]
-    data = ["data.arithmetic.num_train=256", "data.arithmetic.num_eval=64"]
-    models = [("start", cfg_model(data))] + [(f"{arm} seed {s}, step {int(m.parent.name[5:])}", m) for arm in ARMS
+    prompts, first = choice_inputs(cfg)
+    models = [("start", resolve_model_path(cfg.model.path))] + [(f"{arm} seed {s}, step {int(m.parent.name[5:])}", m) for arm in ARMS
                                               for s in seeds if (m := final_model(runs_dir / f"{arm}_s{s}"))]
     for name, model in models:
-        no, think = choice_probs(model, data)
+        no, think = choice_probs(model, prompts, first)
         lines.append(f"| {name} | {no:.3g} | {think:.3g} | {1 - no - think:.3g} |")
-    cfg = load_config(RECIPE, ["data.arithmetic.num_train=256"])
     answers = [row["answer"] for row in arithmetic_problems(cfg.data.arithmetic, "train")]
     lines += ["", "## Training samples per step: accuracy of each kind (count), first seed", "",
               "AdaptThink's rollouts force half of each group into each mode; GRPO's model chooses.", "",
@@ -175,9 +181,8 @@ def report(out: Path, runs_dir: Path, seeds: list[int], steps: int) -> None:
     for arm in ARMS:
         folder = runs_dir / f"{arm}_s{seeds[0]}"
         if (folder / "results.json").exists():
-            for step, kinds in sorted(training_modes(folder, answers).items()):
-                cells = [f"{sum(v) / len(v):.2f} ({len(v)})" if (v := kinds.get(k)) else "-"
-                         for k in ("NoThinking", "Thinking", "unclosed")]
+            for step, kinds in sorted(training_modes(folder, answers, close_tag).items()):
+                cells = [f"{sum(v) / len(v):.2f} ({len(v)})" if (v := kinds[k]) else "-" for k in KINDS]
                 lines.append(f"| {arm} | {step} | " + " | ".join(cells) + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
