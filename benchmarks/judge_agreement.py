@@ -20,8 +20,10 @@ import random
 import time
 from pathlib import Path
 
+from rl.data_sources import resolve_data_file
+
 REPO = Path(__file__).resolve().parents[1]
-KNOWRL = REPO.parent / "shared" / "data" / "knowrl" / "train.json"
+KNOWRL = Path(resolve_data_file("knowrl/train.json", "the knowrl questions (RLVR_DATA_DIR)"))  # the data mirror's copy
 
 
 def cases(n: int, seed: int) -> list[tuple[dict, dict]]:

@@ -4,7 +4,7 @@ or dense retrieval, optionally restricted to the pages a data row names.
 Passages come from exactly one of
 - `knowledge.passages`: a JSONL file of {"title": str, "text": str} rows (other keys are ignored);
 - `knowledge.qa_data`: a question-answer data set (a JSON list or JSONL with `question`, `answers` and `title`, the
-  last a `;`-separated list of page titles, as in ../shared/data/knowrl/train.json). Its passages are derived from
+  last a `;`-separated list of page titles, as in knowrl/train.json). Its passages are derived from
   the data set's own question-answer pairs; no Wikipedia text: each row gives every one of its titles the passage
   "Q: <question> A: <answers>." (`qa_passages`).
 
@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rl.data_sources import resolve_data_file
 
 FORMAT_VERSION = "1"
 RETRIEVERS = ("bm25", "dense")
@@ -114,6 +116,7 @@ def _read_rows(path: str, field: str) -> tuple[bytes, list[Any], list[str]]:
     ("file, line 3" for JSONL, "file, item 2 (0-based)" for a JSON list). Unreadable, empty or malformed files raise
     ValueError."""
     fix = f"set {field} to a JSONL file with one JSON object per line"
+    path = resolve_data_file(path, field)  # a missing file may be in the data mirror (knowrl/train.json)
     try:
         data = Path(path).expanduser().read_bytes()
         text = data.decode("utf-8")

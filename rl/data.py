@@ -23,6 +23,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from rl.data_sources import (DataUnavailable, KNOWN_SETS, find_in_mirror, hub_reachable, known_set, mirror_dir,
+                             unavailable_message)
 from rl.evaluate import GRADERS
 
 # -- generated arithmetic word problems (the quickstart needs no download) ----------------------------------------
@@ -140,7 +142,8 @@ def arithmetic_problems(cfg: ArithmeticConfig, split: str) -> list[dict]:
 
 @dataclass
 class DatasetConfig:
-    source: str = "arithmetic"  # "arithmetic" | a local .jsonl/.json/.parquet/.csv file or folder | a hub data set
+    source: str = "arithmetic"  # "arithmetic" | a local .jsonl/.json/.parquet/.csv file or folder | a hub data set id
+    # (looked up in the data mirror first: rl/data_sources.py)
     split: str = "train"
     subset: str | None = None  # hub config name
     prompt_template: str = "{question}"  # str.format over the row's columns, e.g. "{Body} {Question}" (SVAMP)
@@ -149,6 +152,17 @@ class DatasetConfig:
     offset: int = 0  # skip the first rows (with limit: a slice, e.g. a held-out tail of one file)
     limit: int | None = None  # then keep the first N rows
     grader: str = "math_verify"  # evaluation: math_verify | short_answer (factual answers, refusals counted)
+    optional: bool = False  # an evaluation set that cannot be found (no local copy, no hub) is skipped with a line
+    # that says how to get it, instead of stopping the run
+
+
+def preset(name: str) -> DatasetConfig:
+    """The DatasetConfig of a known public set by short name (rl/data_sources.py KNOWN_SETS): its hub id, subset,
+    split and column mapping; knowrl's is its file, with the held-out tail (rows 2977-) that no recipe trains on."""
+    ks = KNOWN_SETS[name]
+    return DatasetConfig(source=ks.hub or ks.file, split=ks.split, subset=ks.subset, prompt_template=ks.prompt_template,
+                         answer_column=ks.answer_column, answer_after=ks.answer_after,
+                         **({"offset": 2977, "grader": "short_answer"} if name == "knowrl" else {}))
 
 
 @dataclass
@@ -171,6 +185,8 @@ class DataConfig:
     prompt_overflow: str = "drop"  # drop | truncate | error, for prompts longer than max_prompt_tokens
     shuffle: bool = True
     seed: int = 0
+    mirror: str | None = None  # a local folder of data set copies, looked up before the hub (default: $RLVR_DATA_DIR;
+    # layout in rl/data_sources.py)
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
 
 
@@ -403,21 +419,47 @@ def _load_raw(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
                                 "fix the source path") from None
     if path.exists():
         return _load_local(path, ds)
+    mirror = mirror_dir(data.mirror)
+    if (copy := find_in_mirror(ds.source, ds.split, ds.subset, mirror)) is not None:
+        return _load_local(copy, ds)
     looks_local = (path.suffix in _FORMATS or ds.source.startswith((".", "/", "~"))
                    or (os.sep == "\\" and ":" in ds.source[:3]))
     if looks_local:
-        raise FileNotFoundError(
-            f"data source {ds.source!r} does not exist (resolved to {path.absolute()}); relative paths resolve "
-            f"against the current directory {Path.cwd()}; fix the source path"
-        )
+        raise DataUnavailable(unavailable_message(
+            ds.source, ds.split, ds.subset, mirror, f"{path.absolute()} does not exist (a relative path resolves "
+            f"against the recipe's folder, then the current directory {Path.cwd()})"))
+    if not hub_reachable():  # only the local hub cache can help: ask it alone, at once, without network retries
+        try:
+            return _load_hub(ds, offline=True)
+        except Exception:  # noqa: BLE001 -- not cached: say what to do instead
+            raise DataUnavailable(unavailable_message(
+                ds.source, ds.split, ds.subset, mirror, "the hub cannot be reached from this machine (nor is the set "
+                "in the local hub cache)")) from None
     try:
-        return datasets.load_dataset(ds.source, ds.subset, split=ds.split)
+        return _load_hub(ds)
     except Exception as e:
         raise ValueError(
             f"data source {ds.source!r} is not a local path (none at {path.absolute()}) and could not be loaded as "
             f"a hub data set (subset={ds.subset!r}, split={ds.split!r}): {_root_cause(e)}; give a local file path "
             "or check the name, subset and split"
         ) from e
+
+
+def _load_hub(ds: DatasetConfig, offline: bool = False) -> datasets.Dataset:
+    """A hub data set, with the columns of a known set renamed as its mirror copy names them (amc23's question ->
+    problem); offline: from the local hub cache only."""
+    import huggingface_hub.constants as hub_constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    if offline:
+        datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        raw = datasets.load_dataset(ds.source, ds.subset, split=ds.split)
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+    ks = known_set(ds.source, ds.subset, ds.split)
+    rename = {a: b for a, b in (ks.rename if ks else {}).items() if a in raw.column_names and b not in raw.column_names}
+    return raw.rename_columns(rename) if rename else raw
 
 
 def _template_columns(template: str) -> list[str]:
@@ -598,8 +640,12 @@ def prepare_prompts(
 
 def load_prompts(ds: DatasetConfig, key: str, data: DataConfig, tokenizer) -> tuple[datasets.Dataset, list[list[int]], dict]:
     """The rows of the data set at config key `key`, their chat-formatted prompt token ids, and the prompt-length
-    statistics; an empty set, or one whose every prompt is too long, is a ValueError naming the key."""
-    rows = load_dataset_rows(ds, data)
+    statistics; an empty set, or one whose every prompt is too long, is a ValueError naming the key (a set that
+    cannot be found: DataUnavailable)."""
+    try:
+        rows = load_dataset_rows(ds, data)
+    except DataUnavailable as e:
+        raise DataUnavailable(f"{key}: {e}") from None
     if len(rows) == 0:
         raise ValueError(f"{key}: the data set {ds.source!r} has no rows")
     rows, prompts, stats = prepare_prompts(rows, tokenizer, data)

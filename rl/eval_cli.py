@@ -7,8 +7,9 @@ evaluation code (rl/evaluate.py) on a vLLM rollout fleet.
 
 The recipe (default: the built-in defaults) gives the prompt format (instruction, system prompt, few-shot turns), the
 engine settings, the thinking tags and the sampling (rollout.eval_sampling; --n, --temperature, --max-tokens change
-it). Data sets: `heldout` (the recipe's data.eval), the recipe's eval_sets by name, the shared sets by name
-(PRESETS: the answer extraction each needs), or a file. Modes: `normal` (the prompt as it is), `think` (the thinking
+it). Data sets: `heldout` (the recipe's data.eval), the recipe's eval_sets by name, the known public sets by name
+(rl/data_sources.py KNOWN_SETS: hub ids, the data mirror's files, the answer
+extraction each needs), or a file. Modes: `normal` (the prompt as it is), `think` (the thinking
 block opened, the model decides: reports the NoThinking rate), `nothinking` (the block prefilled as finished),
 `budget` (thinking cut at --budget tokens, then the answer). Writes OUT/<set>.jsonl (every sample) and OUT/summary.md,
 OUT/summary.json; prints the table.
@@ -22,20 +23,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from rl.data import DatasetConfig
+from rl.data import DatasetConfig, preset
+from rl.data_sources import KNOWN_SETS
 
-SHARED = "../shared/data"
-PRESETS = {  # the shared data sets, with the answer extraction each needs
-    "gsm8k": DatasetConfig(source=f"{SHARED}/gsm8k/test.jsonl", prompt_template="{question}", answer_column="answer",
-                           answer_after="####"),
-    "math500": DatasetConfig(source=f"{SHARED}/math500/test.jsonl", prompt_template="{problem}", answer_column="answer"),
-    "aime24": DatasetConfig(source=f"{SHARED}/aime24/test.jsonl", prompt_template="{problem}", answer_column="answer"),
-    "amc23": DatasetConfig(source=f"{SHARED}/amc23/test.jsonl", prompt_template="{problem}", answer_column="answer"),
-    "svamp": DatasetConfig(source=f"{SHARED}/svamp/test.jsonl", prompt_template="{Body} {Question}",
-                           answer_column="Answer"),
-    "knowrl": DatasetConfig(source=f"{SHARED}/knowrl/train.json", prompt_template="{question}",
-                            answer_column="answers", offset=2977, grader="short_answer"),  # the held-out tail
-}
+PRESETS = tuple(KNOWN_SETS)  # the known public sets by short name, with the answer extraction each needs (their hub
+# ids, looked up in the data mirror first: rl/data_sources.py)
 MODES = ("normal", "think", "nothinking", "budget")
 CONFIDENCE_INSTRUCTION = " After your answer, state how confident you are that it is correct as 'Confidence: N%'."
 
@@ -51,11 +43,11 @@ def data_sets(cfg, names: list[str], limit: int | None) -> dict[str, DatasetConf
         elif name in cfg.eval_sets:
             ds = cfg.eval_sets[name]
         elif name in PRESETS:
-            ds = PRESETS[name]
+            ds = preset(name)
         elif Path(name).exists():
             ds, name = DatasetConfig(source=name), Path(name).stem
         else:
-            raise ValueError(f"--data {name!r}: not heldout, a recipe eval set ({sorted(cfg.eval_sets)}), a shared set "
+            raise ValueError(f"--data {name!r}: not heldout, a recipe eval set ({sorted(cfg.eval_sets)}), a known set "
                              f"({sorted(PRESETS)}) or an existing file")
         out[name] = replace(ds, limit=limit if limit is not None else ds.limit)
     return out

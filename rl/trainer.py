@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 import shutil
 import signal
@@ -35,6 +36,7 @@ from rl.config import Config, ConfigError, config_changes, to_dict, to_yaml
 from rl.dapo import informative_groups, overlong_penalty
 from rl.dph import DPHData
 from rl.data import PromptSampler, load_prompts, sample_seed
+from rl.data_sources import MIRROR_ENV, DataUnavailable
 from rl.evaluate import evaluate, write_records
 from rl.kl import kl_penalized_rewards, kl_penalty
 from rl.learner import Learner
@@ -71,6 +73,8 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
 
+        if cfg.data.mirror:  # rewards and Ray actors find mirrored files (knowrl/train.json) through the environment
+            os.environ[MIRROR_ENV] = str(Path(cfg.data.mirror).expanduser().absolute())
         # Everything that can fail on bad input happens before the cluster and the engines start.
         self.resume_from = self._find_resume()  # a changed config is refused here
         self.rewards = RewardManager(cfg.rewards, cfg.reward_policy)  # imports user reward functions
@@ -79,11 +83,18 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.train_rows, self.train_prompts, self.data_stats = load_prompts(cfg.data.train, "data.train", cfg.data,
                                                                            self.tokenizer)
-        self.eval_sets = {}
+        self.eval_sets, self.skipped_eval_sets = {}, {}
         sets = ({"heldout": cfg.data.eval} if cfg.data.eval is not None else {}) | dict(cfg.eval_sets)
         for name, ds in sets.items():
-            rows, prompts, _ = load_prompts(ds, f"eval_sets.{name}" if name != "heldout" else "data.eval", cfg.data,
-                                            self.tokenizer)
+            key = f"eval_sets.{name}" if name != "heldout" else "data.eval"
+            try:
+                rows, prompts, _ = load_prompts(ds, key, cfg.data, self.tokenizer)
+            except DataUnavailable as e:
+                if not ds.optional:
+                    raise
+                self.skipped_eval_sets[name] = str(e)
+                print(f"[data] skipping {key} ({key}.optional=true): {e}", file=sys.stderr, flush=True)
+                continue
             self.eval_sets[name] = (rows, prompts, ds.grader)
         self.has_answers = "answer" in self.train_rows.column_names
         self.dph = self._load_dph() if cfg.algorithm.divergence.name != "none" else None
@@ -558,6 +569,9 @@ class Trainer:
             s = f"{start['accuracy']:8.3f}" if start else f"{'-':>8}"
             d = f"{end['accuracy'] - start['accuracy']:+8.3f}" if start else f"{'-':>8}"
             lines.append(f"{name:<12} {s} {end['accuracy']:8.3f} {d}")
+        lines += [f"{name:<12} {'skipped: not found (see [data] above)':>26}" for name in self.skipped_eval_sets]
+        if self.skipped_eval_sets:
+            results["skipped_eval_sets"] = self.skipped_eval_sets
         print("\n".join(lines), flush=True)
         write_atomic(self.run_dir / "results.json", json.dumps(results, indent=1))  # written last: the run is done
 

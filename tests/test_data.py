@@ -1,4 +1,5 @@
-"""Data: generated problems, loading the real sets in ../shared/data, chat prompts, the resumable sampler.
+"""Data: generated problems, the data mirror and the real sets in it (when one is there), chat prompts, the resumable
+sampler.
 
 Everything here runs offline: the tokenizer is a tiny byte-level BPE trained in memory, not a hub download.
 """
@@ -14,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rl.data import (ArithmeticConfig, DataConfig, DatasetConfig, FewShotExample, PromptSampler, arithmetic_problems,
-                     load_dataset_rows, prepare_prompts, render_prompts)
-from tests.conftest import SHARED_DATA
+                     load_dataset_rows, load_prompts, prepare_prompts, preset, render_prompts)
+from rl.data_sources import DataUnavailable
+from tests.conftest import SHARED_DATA, requires_mirror
 
 GSM8K_TEST = str(SHARED_DATA / "gsm8k" / "test.jsonl")
 SVAMP = str(SHARED_DATA / "svamp" / "test.jsonl")
@@ -134,6 +136,7 @@ def test_arithmetic_bad_settings():
 # -- loading data sets into one shape ----------------------------------------------------------------------------
 
 
+@requires_mirror("gsm8k/test.jsonl")
 def test_gsm8k_loads_with_the_answer_after_the_marker():
     rows = load_dataset_rows(DatasetConfig(source=GSM8K_TEST, answer_after="####"), DataConfig(instruction=" Go."))
     assert len(rows) == 1319
@@ -147,6 +150,7 @@ def test_gsm8k_loads_with_the_answer_after_the_marker():
     assert folder["question"] == rows["question"][:3]
 
 
+@requires_mirror("svamp/test.jsonl")
 def test_svamp_template_over_two_columns_and_float_answers():
     rows = load_dataset_rows(DatasetConfig(source=SVAMP, prompt_template="{Body} {Question}", answer_column="Answer",
                                            limit=50), DataConfig(instruction=" Answer with a number."))
@@ -157,6 +161,7 @@ def test_svamp_template_over_two_columns_and_float_answers():
     assert all(a == (str(int(x)) if x == int(x) else str(x)) for a, x in zip(rows["answer"], rows["Answer"]))
 
 
+@requires_mirror("knowrl/train.json")
 def test_knowrl_json_list_loads():
     rows = load_dataset_rows(DatasetConfig(source=KNOWRL, answer_column="answers"), DataConfig())
     assert len(rows) == 3177 and rows[0]["answer"] == "three seasons"
@@ -211,11 +216,80 @@ def test_hub_names_go_to_load_dataset(monkeypatch):
         return datasets.Dataset.from_list([{"question": "q", "answer": "r #### 7"}])
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
+    monkeypatch.delenv("RLVR_DATA_DIR", raising=False)  # no data mirror
+    monkeypatch.setattr("rl.data.hub_reachable", lambda: True)
     rows = load_dataset_rows(DatasetConfig(source="openai/gsm8k", subset="main", split="test", answer_after="####"),
                              DataConfig())
     assert calls == [("openai/gsm8k", "main", "test")] and rows[0]["answer"] == "7"
     with pytest.raises(ValueError, match="nobody/nothing.*hub data set.*doesn't exist"):
         load_dataset_rows(DatasetConfig(source="nobody/nothing"), DataConfig())
+
+
+def _write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_data_mirror_is_looked_up_before_the_hub(tmp_path, monkeypatch):
+    """Known sets by hub id map to the mirror's short-name files (aime_2024's hub split is train, its copy
+    aime24/test.jsonl); any other hub id to a folder named like it; a relative file name to the mirror's file."""
+    monkeypatch.setattr("rl.data._load_hub", lambda ds, offline=False: pytest.fail(f"asked the hub for {ds.source}"))
+    mirror = tmp_path / "mirror"
+    _write_jsonl(mirror / "svamp" / "test.jsonl", [{"Body": "Sam has 3 apples.", "Question": "How many?", "Answer": 3.0}])
+    _write_jsonl(mirror / "aime24" / "test.jsonl", [{"problem": "p", "answer": "204"}])
+    _write_jsonl(mirror / "someone" / "qa" / "test.jsonl", [{"question": "q", "answer": "1"}])
+    _write_jsonl(mirror / "someone" / "qa" / "train.jsonl", [{"question": "q", "answer": "2"}])
+    _write_jsonl(mirror / "facts" / "train.jsonl", [{"question": "q", "answer": "3"}])
+    monkeypatch.delenv("RLVR_DATA_DIR", raising=False)
+    svamp = DatasetConfig(source="ChilleD/SVAMP", split="test", prompt_template="{Body} {Question}",
+                          answer_column="Answer")
+    rows = load_dataset_rows(svamp, DataConfig(mirror=str(mirror)))
+    assert rows["prompt"] == ["Sam has 3 apples. How many?"] and rows["answer"] == ["3"]
+    monkeypatch.setenv("RLVR_DATA_DIR", str(mirror))  # the environment variable, when data.mirror is unset
+    assert load_dataset_rows(svamp, DataConfig())["answer"] == ["3"]
+    assert load_dataset_rows(preset("aime24"), DataConfig())["answer"] == ["204"]
+    assert load_dataset_rows(DatasetConfig(source="someone/qa", split="train"), DataConfig())["answer"] == ["2"]
+    assert load_dataset_rows(DatasetConfig(source="facts/train.jsonl"), DataConfig())["answer"] == ["3"]
+    monkeypatch.chdir(tmp_path)  # a local file of that name wins over the mirror
+    _write_jsonl(tmp_path / "facts" / "train.jsonl", [{"question": "q", "answer": "4"}])
+    assert load_dataset_rows(DatasetConfig(source="facts/train.jsonl"), DataConfig())["answer"] == ["4"]
+
+
+def test_a_set_with_no_mirror_copy_and_no_hub_is_named_with_the_fix(tmp_path, monkeypatch):
+    """Offline, only the local hub cache is asked (no network retries), and the error names the set, its hub id, the
+    mirror file it would be and both ways to point at a copy."""
+    asked = []
+
+    def cache_only(name, subset=None, split=None):
+        asked.append((name, datasets.config.HF_HUB_OFFLINE))
+        raise ConnectionError("Couldn't reach the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", cache_only)
+    monkeypatch.setattr("rl.data.hub_reachable", lambda: False)
+    monkeypatch.setenv("RLVR_DATA_DIR", str(tmp_path))  # an empty mirror
+    with pytest.raises(DataUnavailable) as e:
+        load_prompts(preset("gsm8k"), "eval_sets.gsm8k", DataConfig(), None)
+    assert asked == [("openai/gsm8k", True)] and datasets.config.HF_HUB_OFFLINE is False
+    for words in ("eval_sets.gsm8k", "'openai/gsm8k'", "subset 'main'", f"{tmp_path} has no gsm8k/test.jsonl",
+                  "hub cannot be reached", "set source to its path", "data.mirror=DIR", "RLVR_DATA_DIR=DIR"):
+        assert words in str(e.value), words
+    monkeypatch.delenv("RLVR_DATA_DIR")
+    with pytest.raises(DataUnavailable, match="'knowrl/train.json' is not a local file, no data mirror is set.*"
+                                              "KnowRL authors' release"):
+        load_dataset_rows(DatasetConfig(source="knowrl/train.json"), DataConfig())
+
+
+def test_hub_reachability_is_a_quick_check(monkeypatch):
+    from rl.data_sources import hub_reachable
+
+    hub_reachable.cache_clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_reachable() is False
+    hub_reachable.cache_clear()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port here
+    assert hub_reachable() is False
+    hub_reachable.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -294,7 +368,8 @@ def test_a_tokenizer_without_a_chat_template_is_refused(tokenizer):
 
 
 def test_prompt_overflow_policies(tokenizer):
-    rows = load_dataset_rows(DatasetConfig(source=GSM8K_TEST, answer_after="####", limit=20), DataConfig())
+    rows = load_dataset_rows(DatasetConfig(source="arithmetic", limit=20),  # problems of 1 to 6 steps: ragged lengths
+                             DataConfig(arithmetic=ArithmeticConfig(num_train=20, max_ops=6)))
     full = prepare_prompts(rows, tokenizer, DataConfig(max_prompt_tokens=100_000))[1]
     lengths = [len(p) for p in full]
     limit = sorted(lengths)[10]

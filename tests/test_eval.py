@@ -7,9 +7,11 @@ import json
 
 import pytest
 
+from rl.data_sources import KNOWN_SETS
 from rollout.adaptive import AdaptiveThinkingConfig
 from rollout.base import Sample, SamplingConfig
 from tests.char_tokenizer import CharTokenizer
+from tests.conftest import requires_mirror
 
 
 
@@ -50,7 +52,8 @@ def test_eval_data_sets_resolve_and_bad_names_are_named(tmp_path):
     assert "| a | 0.500 | 10.000 | 0.000 | 0.700 |" in table
 
 
-@pytest.mark.parametrize("shared", ["gsm8k", "math500", "aime24", "amc23", "svamp"])
+@pytest.mark.parametrize("shared", [pytest.param(name, marks=requires_mirror(KNOWN_SETS[name].file))
+                                    for name in ["gsm8k", "math500", "aime24", "amc23", "svamp"]])
 def test_every_shared_set_loads_with_answers(shared, smollm2_path):
     from transformers import AutoTokenizer
 

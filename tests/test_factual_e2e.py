@@ -13,9 +13,13 @@ from tests.resume_harness import tiny_overrides
 pytestmark = pytest.mark.integration
 
 
+QA = "tests/data/factual_qa.json"  # 36 short factual questions in the knowrl layout (question, answers, title)
+
+
 def factual_overrides(model: str, out, steps: int = 2) -> list[str]:
     keep = [o for o in tiny_overrides(model, out, steps) if not o.startswith(("rewards=", "data.arithmetic"))]
-    return keep + ["data.train.limit=24", "data.eval.limit=4", "data.max_prompt_tokens=320", "rollout.max_model_len=512",
+    return keep + [f"data.train.source={QA}", f"data.eval.source={QA}", "data.train.limit=24", "data.eval.offset=32",
+                   "data.eval.limit=4", "data.max_prompt_tokens=320", "rollout.max_model_len=512",
                    "trainer.prompts_per_step=2", "algorithm.dynamic_sampling.enabled=false"]
 
 
@@ -24,7 +28,7 @@ def test_knowrl_abstention_and_armed_run_and_armed_state_is_checkpointed(ray_clu
 
     run = tmp_path / "run"
     overrides = factual_overrides(tiny_model_path, run) + [
-        "rewards=[{name: knowrl, kwargs: {knowledge: {qa_data: ../shared/data/knowrl/train.json, cache_dir: "
+        f"rewards=[{{name: knowrl, kwargs: {{knowledge: {{qa_data: {QA}, cache_dir: "
         f"'{tmp_path}/cache'}}}}, actor: {{replicas: 0}}}}, {{name: abstention, weight: 0.5}}, "
         "{name: armed, weight: 0.5, actor: {replicas: 0}}]",
     ]
@@ -50,7 +54,8 @@ def test_search_rollout_runs_with_the_ikea_reward(ray_cluster, tiny_model_path, 
 
     run = tmp_path / "run"
     overrides = factual_overrides(tiny_model_path, run, steps=1) + [
-        f"rollout.search.knowledge.cache_dir={tmp_path}/cache", "rollout.max_model_len=896",
+        f"rollout.search.knowledge.cache_dir={tmp_path}/cache", f"rollout.search.knowledge.qa_data={QA}",
+        "rollout.max_model_len=896",
         "rollout.sampling.max_tokens=24", "rollout.eval_sampling.max_tokens=16",
     ]
     train(load_config("recipes/ikea_search_cpu.yaml", overrides))
@@ -67,7 +72,7 @@ def test_ikea_and_klcf_prepare(ray_cluster, tiny_model_path, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "ikea.jsonl").read_text().splitlines()]
     assert stats["known"] + stats["unknown"] == 6 and len(rows) == 2 * min(stats["known"], stats["unknown"])
     assert sum(r["known"] for r in rows) == len(rows) // 2 and all({"question", "answers", "title"} <= set(r) for r in rows)
-    knowledge = {"qa_data": "../shared/data/knowrl/train.json", "cache_dir": str(tmp_path / "cache")}
+    knowledge = {"qa_data": QA, "cache_dir": str(tmp_path / "cache")}
     stats = klcf_prepare(cfg, 2, tmp_path / "checklists.jsonl", knowledge)
     lines = [json.loads(x) for x in (tmp_path / "checklists.jsonl").read_text().splitlines()]
     assert stats["questions"] == len(lines) == 6 and all(isinstance(x["checklist"], list) for x in lines)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rewards.knowledge import KnowledgeConfig, Passage, PassageStore, qa_passages
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, requires_mirror
 
 FIXTURE = Path(__file__).parent / "data" / "knowledge_fixture.jsonl"
 KNOWRL = SHARED_DATA / "knowrl" / "train.json"
@@ -156,6 +156,7 @@ def test_bad_config(tmp_path):
                                                  cache_dir=str(tmp_path)))
 
 
+@requires_mirror("knowrl/train.json")
 def test_qa_passages_from_knowrl(tmp_path):
     rows = json.loads(KNOWRL.read_text())
     passages = qa_passages(rows[:3])
