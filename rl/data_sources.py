@@ -116,10 +116,10 @@ def unavailable_message(source: str, split: str, subset: str | None, mirror: Pat
 
 
 def resolve_data_file(path: str, key: str, mirror: str | None = None) -> str:
-    """A data file named in a config (e.g. knowledge.qa_data): as given when it exists, else the mirror's copy; a
-    missing file is DataUnavailable naming `key`."""
-    if Path(path).expanduser().exists():
-        return path
+    """A data file named in a config (e.g. knowledge.qa_data): as given when it exists or is absolute, else the
+    mirror's copy; a relative path found nowhere is DataUnavailable naming `key`."""
+    if Path(path).expanduser().exists() or Path(path).expanduser().is_absolute():
+        return path  # an absolute path is the user's own file: its reader says what is wrong with it
     found = find_in_mirror(path, "train", None, mirror_dir(mirror))
     if found is not None:
         return str(found)

@@ -460,3 +460,17 @@ def test_offset_and_limit_slice_one_file_into_train_and_held_out(tmp_path):
     assert train["answer"] == [str(i) for i in range(7)] and held["answer"] == ["7", "8", "9"]
     with pytest.raises(ValueError, match="offset=-1"):
         load_dataset_rows(DatasetConfig(source=str(path), offset=-1), data)
+
+
+def test_a_data_file_named_in_a_reward_is_found_in_the_mirror(tmp_path, monkeypatch):
+    from rl.data_sources import resolve_data_file
+
+    _write_jsonl(tmp_path / "knowrl" / "train.json", [{"question": "q", "answers": "a", "title": "t"}])
+    monkeypatch.setenv("RLVR_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "knowrl")  # not found relative to here: the mirror's copy
+    assert resolve_data_file("knowrl/train.json", "knowledge.qa_data") == str(tmp_path / "knowrl" / "train.json")
+    monkeypatch.setenv("RLVR_DATA_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(DataUnavailable, match=r"knowledge.qa_data: data file 'knowrl/train.json' .* has no "
+                                              r"knowrl/train.json.*KnowRL authors' release"):
+        resolve_data_file("knowrl/train.json", "knowledge.qa_data")
+    assert resolve_data_file("/no/such/file.json", "k") == "/no/such/file.json"  # its reader names the problem
