@@ -513,6 +513,9 @@ def check_dataset_config(ds: DatasetConfig, key: str = "") -> None:
         raise ValueError(f"{key + '.' if key else ''}offset={ds.offset} (data source {ds.source!r}); use 0 or more")
     if ds.grader not in GRADERS:
         raise ValueError(f"{key + '.' if key else ''}grader={ds.grader!r}; choose one of {list(GRADERS)}")
+    if ds.optional and key == "data.train":
+        raise ValueError("data.train.optional=true: a run cannot skip its training set; only evaluation sets "
+                         "(data.eval, eval_sets.<name>) may be optional")
 
 
 def check_prompt_limits(data: DataConfig) -> None:

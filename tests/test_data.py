@@ -474,3 +474,11 @@ def test_a_data_file_named_in_a_reward_is_found_in_the_mirror(tmp_path, monkeypa
                                               r"knowrl/train.json.*KnowRL authors' release"):
         resolve_data_file("knowrl/train.json", "knowledge.qa_data")
     assert resolve_data_file("/no/such/file.json", "k") == "/no/such/file.json"  # its reader names the problem
+
+
+def test_only_evaluation_sets_may_be_optional():
+    from rl.data import check_dataset_config
+
+    check_dataset_config(DatasetConfig(optional=True), "eval_sets.svamp")
+    with pytest.raises(ValueError, match="data.train.optional=true: a run cannot skip its training set"):
+        check_dataset_config(DatasetConfig(optional=True), "data.train")
