@@ -93,7 +93,7 @@ class Trainer:
                 if not ds.optional:
                     raise
                 self.skipped_eval_sets[name] = str(e)
-                print(f"[data] skipping {key} ({key}.optional=true): {e}", file=sys.stderr, flush=True)
+                print(f"[data] skipped (optional): {e}", file=sys.stderr, flush=True)
                 continue
             self.eval_sets[name] = (rows, prompts, ds.grader)
         self.has_answers = "answer" in self.train_rows.column_names
