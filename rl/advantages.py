@@ -1,9 +1,10 @@
 """Advantage estimators: one advantage per sequence from its reward and its group (the samples of one prompt).
 
-Every estimator has the signature ``fn(rewards [N], group_ids [N], cfg) -> advantages [N]``; the trainer copies the
-sequence's advantage to each of its response tokens. Group ids are arbitrary integers: groups need not be contiguous
-or of equal size (dynamic sampling drops groups). Statistics are computed in float64 and returned in the rewards'
-floating dtype (float32 for integer or bool rewards).
+Every estimator has the signature ``fn(rewards [N], group_ids [N], cfg, lengths=None) -> advantages [N]``; the trainer
+copies the sequence's advantage to each of its response tokens. ``lengths`` [N] counts each sequence's tokens in the
+loss (the response mask's row sums); only statistics over tokens read it (reinforce_pp's token whitening). Group ids
+are arbitrary integers: groups need not be contiguous or of equal size (dynamic sampling drops groups). Statistics
+are computed in float64 and returned in the rewards' floating dtype (float32 for integer or bool rewards).
 
 A group of one sample has no baseline; ``cfg.singleton_group`` decides its advantage for every estimator:
 "zero" -> A = 0, "reward" -> A = r / (1 + eps) (what GRPO gives with mean 0 and std 1, as some frameworks do).
@@ -25,13 +26,15 @@ class AdvantageConfig:
     estimator: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | none (A = r)
     norm_by_std: bool = True  # grpo only; False is Dr.GRPO
     unbiased_std: bool = True  # N-1 (torch's default) or N; also the batch whitening of reinforce_pp
+    whiten: str = "token"  # reinforce_pp: whiten over all valid tokens of the batch (the paper, verl) or "sequence"
     eps: float = 1e-6
     singleton_group: str = "zero"  # a group of one sample: "zero" -> A = 0, "reward" -> A = r / (1 + eps)
 
 
-AdvantageEstimator = Callable[[Tensor, Tensor, AdvantageConfig], Tensor]
+AdvantageEstimator = Callable[..., Tensor]  # (rewards, group_ids, cfg, lengths=None) -> advantages
 ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 SINGLETON_POLICIES = ("zero", "reward")
+WHITEN_LEVELS = ("token", "sequence")
 
 
 class GroupStats(NamedTuple):
@@ -68,7 +71,7 @@ def _with_singletons(adv: Tensor, rewards: Tensor, size: Tensor, cfg: AdvantageC
 
 
 @ADVANTAGE_ESTIMATORS.register("grpo")
-def grpo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
+def grpo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig, lengths: Tensor | None = None) -> Tensor:
     """GRPO (Shao et al., 2024): A_i = (r_i - mean_G r) / (std_G r + eps); norm_by_std=False gives A_i = r_i - mean_G r."""
     g = group_stats(rewards, group_ids, cfg.unbiased_std)
     adv = rewards.to(torch.float64) - g.mean
@@ -78,43 +81,63 @@ def grpo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
 
 
 @ADVANTAGE_ESTIMATORS.register("dr_grpo")
-def dr_grpo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
+def dr_grpo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig, lengths: Tensor | None = None) -> Tensor:
     """Dr. GRPO (Liu et al., 2025): A_i = r_i - mean_G r (no division by std_G, which up-weights near-uniform groups)."""
     g = group_stats(rewards, group_ids)
     return _with_singletons(rewards.to(torch.float64) - g.mean, rewards, g.size, cfg)
 
 
 @ADVANTAGE_ESTIMATORS.register("rloo")
-def rloo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
+def rloo(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig, lengths: Tensor | None = None) -> Tensor:
     """RLOO (Ahmadian et al., 2024): A_i = r_i - mean_{j in G, j != i} r_j = n/(n-1) (r_i - mean_G r)."""
     g = group_stats(rewards, group_ids)
     adv = g.size / (g.size - 1).clamp(min=1) * (rewards.to(torch.float64) - g.mean)
     return _with_singletons(adv, rewards, g.size, cfg)
 
 
+def weighted_whiten(x: Tensor, w: Tensor, unbiased: bool, eps: float) -> Tensor:
+    """(x - m) / (s + eps) with m = sum w x / W, s^2 = sum w (x - m)^2 / (W - 1 or W), W = sum w.
+
+    With w_i = the token count of sequence i this whitens the per-token values over all tokens; w_i = 1 whitens over
+    sequences. m = 0 when W = 0, and s = 0 when the denominator is not > 0.
+    """
+    w = w.to(x.dtype)
+    total = w.sum()
+    mean = (w * x).sum() / total if total > 0 else x.new_zeros(())
+    dof = total - 1 if unbiased else total
+    std = ((w * (x - mean) ** 2).sum() / dof).sqrt() if dof > 0 else x.new_zeros(())
+    return (x - mean) / (std + eps)
+
+
 @ADVANTAGE_ESTIMATORS.register("reinforce_pp")
-def reinforce_pp(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
-    """REINFORCE++ with baseline (Hu et al., 2025): a_i = r_i - mean_G r, then whitened over the batch,
+def reinforce_pp(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig, lengths: Tensor | None = None) -> Tensor:
+    """REINFORCE++ with baseline (Hu et al., 2025, Eq. 10): a_i = r_i - mean_G r, then whitened over the batch,
     A_i = (a_i - mean_B a) / (std_B a + eps).
 
-    Groups of one take the cfg.singleton_group value and are left out of the batch statistics B.
+    cfg.whiten="token" (the default, as the paper, verl and OpenRLHF): B is every valid token of the batch, i.e. a_i
+    weighted by its token count lengths_i; "sequence": B is the sequences, one weight each. Groups of one take the
+    cfg.singleton_group value and are left out of B.
     """
+    if cfg.whiten not in WHITEN_LEVELS:
+        raise ValueError(f"algorithm.advantage.whiten={cfg.whiten!r}; choose one of {WHITEN_LEVELS}")
+    if cfg.whiten == "token" and lengths is None:
+        raise ValueError("reinforce_pp with whiten=token needs lengths (tokens per sequence in the loss)")
     g = group_stats(rewards, group_ids)
     a = rewards.to(torch.float64) - g.mean
-    in_batch = g.size > 1
-    a_b = a[in_batch]
-    mean_b = a_b.mean() if a_b.numel() else a.new_zeros(())
-    std_b = a_b.std(correction=int(cfg.unbiased_std)) if a_b.numel() > 1 else a.new_zeros(())
-    return _with_singletons((a - mean_b) / (std_b + cfg.eps), rewards, g.size, cfg)
+    per_seq = lengths if cfg.whiten == "token" else torch.ones_like(a)
+    w = torch.where(g.size > 1, per_seq.to(torch.float64), torch.zeros_like(a))
+    return _with_singletons(weighted_whiten(a, w, cfg.unbiased_std, cfg.eps), rewards, g.size, cfg)
 
 
 @ADVANTAGE_ESTIMATORS.register("none")
-def no_normalisation(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
+def no_normalisation(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig,
+                     lengths: Tensor | None = None) -> Tensor:
     """The reward itself, A_i = r_i (AdaptThink, whose reward is already centred on the starting model's accuracy);
     groups of one follow cfg.singleton_group like every estimator."""
     return _with_singletons(rewards.to(torch.float64), rewards, group_stats(rewards, group_ids).size, cfg)
 
 
-def compute_advantages(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig) -> Tensor:
-    """The estimator named by cfg.estimator: one advantage per sequence, shape [N]."""
-    return ADVANTAGE_ESTIMATORS.get(cfg.estimator)(rewards, group_ids, cfg)
+def compute_advantages(rewards: Tensor, group_ids: Tensor, cfg: AdvantageConfig,
+                       lengths: Tensor | None = None) -> Tensor:
+    """The estimator named by cfg.estimator: one advantage per sequence, shape [N]; lengths [N] = tokens in the loss."""
+    return ADVANTAGE_ESTIMATORS.get(cfg.estimator)(rewards, group_ids, cfg, lengths=lengths)

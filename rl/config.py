@@ -15,12 +15,12 @@ import yaml
 from omegaconf.errors import OmegaConfBaseException
 
 from rewards import RewardPolicyConfig, RewardSpec, check_spec
-from rl.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig
+from rl.advantages import ADVANTAGE_ESTIMATORS, WHITEN_LEVELS, AdvantageConfig
 from rl.divergences import F_DIVERGENCES, DivergenceConfig
 from rl.data import DataConfig, DatasetConfig, check_dataset_config, check_prompt_limits
 from rl.kl import KL_ESTIMATORS, KLConfig
 from rl.learner import LearnerConfig
-from rl.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig
+from rl.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig, resolve_agg_mode
 from rl.planning import PLANNING, HicraConfig
 from rl.token_weights import SCOPES, TOKEN_WEIGHTS, TokenWeightConfig
 from rollout.fleet import ENGINES, RolloutConfig
@@ -314,9 +314,12 @@ def validate(cfg: Config) -> None:
     alg, t, r = cfg.algorithm, cfg.trainer, cfg.rollout
     _check(alg.advantage.estimator in ADVANTAGE_ESTIMATORS,
            f"algorithm.advantage.estimator={alg.advantage.estimator!r}; choose one of {ADVANTAGE_ESTIMATORS.names()}")
+    _check(alg.advantage.whiten in WHITEN_LEVELS,
+           f"algorithm.advantage.whiten={alg.advantage.whiten!r}; choose one of {list(WHITEN_LEVELS)}")
     _check(alg.loss.name in POLICY_LOSSES, f"algorithm.loss.name={alg.loss.name!r}; choose one of {POLICY_LOSSES.names()}")
-    _check(alg.loss.agg_mode in LOSS_AGGREGATIONS,
-           f"algorithm.loss.agg_mode={alg.loss.agg_mode!r}; choose one of {LOSS_AGGREGATIONS.names()}")
+    _check(resolve_agg_mode(alg.loss) in LOSS_AGGREGATIONS,
+           f"algorithm.loss.agg_mode={alg.loss.agg_mode!r}; choose one of {LOSS_AGGREGATIONS.names()} or null "
+           "(the loss's own)")
     _check(alg.kl.estimator in KL_ESTIMATORS, f"algorithm.kl.estimator={alg.kl.estimator!r}; choose one of {KL_ESTIMATORS.names()}")
     _check(alg.kl.coef >= 0, "algorithm.kl.coef must be >= 0")
     _check(alg.loss.clip_low >= 0 and alg.loss.clip_high >= 0, "algorithm.loss.clip_low/clip_high must be >= 0")

@@ -18,7 +18,7 @@ from rl.batch import Batch
 from rl.divergences import DivergenceConfig, f_divergence_loss
 from rl.entropy import entropy_from_logits, logprobs_from_logits
 from rl.kl import KLConfig, kl_penalty
-from rl.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss
+from rl.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss, resolve_agg_mode
 from rl.token_weights import TokenStats, TokenWeightConfig, token_weights
 
 ENTROPY_PERCENTILES = (10, 50, 90)
@@ -91,6 +91,7 @@ class Learner:
             num_training_steps=max(1, total_steps * cfg.ppo_epochs * cfg.mini_batches),
         )
         self.policy_loss = POLICY_LOSSES.get(loss.name)
+        self.agg_mode = resolve_agg_mode(loss)  # loss.agg_mode, or the policy loss's own aggregation
         self.norm_length = loss.norm_length or max_response_tokens
         self.generator = torch.Generator().manual_seed(seed)
         self._stepped = False  # an optimizer step was taken in the current update() (the policy left the old one)
@@ -222,7 +223,7 @@ class Learner:
             if self.cfg.entropy_coef > 0:
                 token_loss = token_loss - self.cfg.entropy_coef * entropy * mask
             loss = aggregate_loss(
-                token_loss, mask, self.loss_cfg.agg_mode,
+                token_loss, mask, self.agg_mode,
                 num_tokens=num_tokens, num_seqs=num_seqs, norm_length=self.norm_length,
             )
             if div is not None and num_div_tokens > 0:  # DPH-RL: eta * f-divergence on the initial policy's samples

@@ -1,6 +1,8 @@
 """Policy losses (per token) and loss aggregation.
 
-A policy loss maps (logp, old_logp, advantages, mask), all [B, T], to a per-token loss that is 0 outside the mask.
+A policy loss maps (logp, old_logp, advantages, mask), all [B, T], to a per-token loss that is 0 outside the mask,
+and declares with @aggregates the aggregation its objective is defined with (ppo_clip: token-mean; gspo and
+adaptthink_is: seq-mean-token-mean), which loss.agg_mode=None (the default) selects.
 `aggregate_loss` reduces it to a scalar with normalisers that belong to the whole optimizer step (all micro-batches,
 all learners): the sum of `aggregate_loss` over the micro-batches of a step equals the one-pass value, and so does
 the accumulated gradient.
@@ -26,7 +28,9 @@ class PolicyLossConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2  # DAPO clip-higher: 0.28
     dual_clip: float | None = None  # c > 1 enables dual clip for A < 0 (3.0 is usual)
-    agg_mode: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm; None: the loss's own (see
+    # resolve_agg_mode: token-mean for ppo_clip, seq-mean-token-mean for gspo and adaptthink_is)
+    agg_mode: str | None = None
     norm_length: int | None = None  # seq-mean-token-sum-norm's fixed length; None: the caller's max response length
 
 
@@ -39,6 +43,21 @@ class PolicyLossOutput:
 
 PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor, PolicyLossConfig], PolicyLossOutput]
 POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
+DEFAULT_AGG_MODE = "token-mean"  # for a registered loss that declares none
+
+
+def aggregates(mode: str) -> Callable[[PolicyLoss], PolicyLoss]:
+    """Declare the aggregation a policy loss's objective is defined with; loss.agg_mode=None then selects it."""
+    def deco(fn: PolicyLoss) -> PolicyLoss:
+        fn.agg_mode = mode  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+def resolve_agg_mode(cfg: PolicyLossConfig) -> str:
+    """cfg.agg_mode when set, else the aggregation the policy loss cfg.name declares (token-mean if none)."""
+    return cfg.agg_mode or getattr(POLICY_LOSSES.get(cfg.name), "agg_mode", DEFAULT_AGG_MODE)
 
 
 def clipped_surrogate(ratio: Tensor, adv: Tensor, mask: Tensor, cfg: PolicyLossConfig) -> PolicyLossOutput:
@@ -66,6 +85,7 @@ def clipped_surrogate(ratio: Tensor, adv: Tensor, mask: Tensor, cfg: PolicyLossC
 
 
 @POLICY_LOSSES.register("ppo_clip")
+@aggregates("token-mean")
 def ppo_clip(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: PolicyLossConfig) -> PolicyLossOutput:
     """PPO clip per token (Schulman et al., 2017), with DAPO's decoupled clip_low / clip_high and optional dual clip
     (Ye et al., 2020): rho_t = exp(clamp(logp_t - logp_old_t, -20, 20)),
@@ -75,12 +95,14 @@ def ppo_clip(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, c
 
 
 @POLICY_LOSSES.register("gspo")
+@aggregates("seq-mean-token-mean")
 def gspo(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: PolicyLossConfig) -> PolicyLossOutput:
     """GSPO (Zheng et al., 2025): sequence ratio s_i = exp(mean_{t in o_i} (logp_t - logp_old_t)) in its token-level
     gradient form s_it = sg(s_i) exp(logp_t - sg(logp_t)), clipped to [1 - eps_low, 1 + eps_high] in the PPO max form.
 
-    d s_it / d logp_t = s_i, so with agg_mode seq-mean-token-mean the gradient is the paper's
-    (1/|o_i|) sum_t s_i grad logp_t.
+    d s_it / d logp_t = s_i, so with its aggregation seq-mean-token-mean (the default when agg_mode is unset) the
+    objective is the paper's 1/G sum_i min(s_i A_i, clip(s_i) A_i), with gradient
+    1/G sum_i (A_i s_i / |o_i|) sum_t grad logp_t where unclipped.
     """
     valid = mask != 0
     log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp))
@@ -91,13 +113,14 @@ def gspo(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: 
 
 
 @POLICY_LOSSES.register("adaptthink_is")
+@aggregates("seq-mean-token-mean")
 def adaptthink_is(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
                   cfg: PolicyLossConfig) -> PolicyLossOutput:
     """AdaptThink's importance-sampled loss for the cold start (Zhang et al., 2025): the old log-prob of each
     response's first token (the forced mode token) is log 0.5, the rest the behaviour policy's;
     rho = exp(mean_t logp_theta - mean_t logp_IS), L = max(-A rho, -A clip(rho, 1 - eps_low, 1 + eps_high)), in
-    GSPO's token form (the gradient of rho through every token). Use with agg_mode seq-mean-token-mean (the mean
-    over sequences) and clip 0.2 / 0.2 (0.8, 1.2)."""
+    GSPO's token form (the gradient of rho through every token). Aggregated seq-mean-token-mean (the mean over
+    sequences, the default when agg_mode is unset); use clip 0.2 / 0.2 (0.8, 1.2)."""
     first = (mask != 0).int().cumsum(-1).eq(1) & (mask != 0)  # the first token of each response in the loss
     old = torch.where(first, torch.full_like(old_logp, math.log(0.5)), old_logp)
     return gspo(logp, old, advantages, mask, cfg)

@@ -480,7 +480,7 @@ class Trainer:
         if alg.overlong.mask_truncated:
             batch.response_mask = batch.response_mask * (~truncated).float().unsqueeze(-1)
         batch.rewards = rewards
-        adv = compute_advantages(rewards, batch.group_ids, alg.advantage)
+        adv = compute_advantages(rewards, batch.group_ids, alg.advantage, lengths=batch.response_mask.sum(-1))
         batch.advantages = adv.unsqueeze(-1) * batch.response_mask
         metrics["advantage/abs_mean"] = float(adv.abs().mean())
         metrics["reward/shaped_mean"] = float(rewards.mean())

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rl.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig, aggregate_loss
+from rl.config import ConfigError, load_config
+from rl.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig, aggregate_loss, resolve_agg_mode
 
 
 def _loss(name, logp, old, adv, mask=None, **kw):
@@ -117,6 +118,54 @@ def test_gspo_clips_whole_sequences():
     assert out.clipped.all()
     out.loss.sum().backward()
     assert torch.equal(logp.grad, torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("name, natural", [("ppo_clip", "token-mean"), ("gspo", "seq-mean-token-mean"),
+                                           ("adaptthink_is", "seq-mean-token-mean")])
+def test_unset_agg_mode_is_the_losses_own_and_an_explicit_one_is_kept(name, natural):
+    assert PolicyLossConfig().agg_mode is None
+    assert resolve_agg_mode(PolicyLossConfig(name=name)) == natural
+    for mode in LOSS_AGGREGATIONS.names():
+        assert resolve_agg_mode(PolicyLossConfig(name=name, agg_mode=mode)) == mode
+
+
+def test_every_policy_loss_declares_a_registered_aggregation():
+    for name in POLICY_LOSSES.names():
+        assert POLICY_LOSSES.get(name).agg_mode in LOSS_AGGREGATIONS
+
+
+def test_a_loss_that_declares_no_aggregation_gets_token_mean(monkeypatch):
+    monkeypatch.setitem(POLICY_LOSSES._items, "plain", lambda *args: None)
+    assert resolve_agg_mode(PolicyLossConfig(name="plain")) == "token-mean"
+
+
+def test_gspo_alone_is_the_gspo_objective():
+    """loss.name=gspo with nothing else: J = 1/G sum_i min(s_i A_i, clip(s_i, 1 - eps, 1 + eps) A_i), each sequence
+    counted once whatever its length, and gradient 1/G sum_i (A_i s_i / |o_i|) sum_t grad logp_t (unclipped)."""
+    cfg = PolicyLossConfig(name="gspo")
+    old = torch.zeros(3, 4)
+    logp = torch.tensor([[0.1, -0.2, 0.4, 0.0], [0.05, 0.0, 0.0, 0.0], [0.3, 0.3, 0.3, 0.3]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    a = [1.0, -2.0, 0.5]
+    adv = torch.tensor(a)[:, None].expand(3, 4)
+    out = POLICY_LOSSES.get("gspo")(logp, old, adv, mask, cfg)
+    loss = aggregate_loss(out.loss, mask, resolve_agg_mode(cfg), num_tokens=float(mask.sum()), num_seqs=3.0)
+    s = [math.exp(0.3 / 3), math.exp(0.05), math.exp(0.3)]  # the third is clipped to 1.2
+    want = -(a[0] * s[0] + a[1] * s[1] + a[2] * 1.2) / 3
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-6)
+    token_mean = aggregate_loss(out.loss, mask, "token-mean", num_tokens=float(mask.sum()), num_seqs=3.0)
+    assert float(token_mean.detach()) != pytest.approx(want, rel=1e-3)  # the old default weighted sequences by length
+    loss.backward()
+    grad = torch.tensor([[-a[0] * s[0] / 3] * 3 + [0.0], [-a[1] * s[1], 0, 0, 0], [0.0] * 4]) / 3
+    assert torch.allclose(logp.grad, grad, atol=1e-6)
+
+
+def test_config_resolves_agg_mode_and_names_the_key():
+    assert load_config(None, ["algorithm.loss.name=gspo"]).algorithm.loss.agg_mode is None
+    cfg = load_config(None, ["algorithm.loss.name=gspo", "algorithm.loss.agg_mode=token-mean"])
+    assert resolve_agg_mode(cfg.algorithm.loss) == "token-mean"
+    with pytest.raises(ConfigError, match="algorithm.loss.agg_mode"):
+        load_config(None, ["algorithm.loss.agg_mode=mean"])
 
 
 def _random_case(seed: int, rows: int = 6, cols: int = 7):
