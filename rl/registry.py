@@ -3,7 +3,7 @@
 A new variant is one function plus one decorator line::
 
     @ADVANTAGE_ESTIMATORS.register("my_adv")
-    def my_adv(rewards, group_ids, cfg): ...
+    def my_adv(rewards, group_ids, cfg, lengths=None): ...
 """
 
 from __future__ import annotations
