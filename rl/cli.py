@@ -145,10 +145,12 @@ def _eval(args) -> None:
 
 
 def _load(args):
+    """The recipe's validated config with dtype `auto` resolved for this machine (printed: rl/precision.py)."""
     from rl.config import ConfigError, load_config
+    from rl.precision import resolve_precision
 
     try:
-        return load_config(args.recipe, args.overrides)
+        return resolve_precision(load_config(args.recipe, args.overrides))
     except ConfigError as e:
         print(f"rlvr: {e}", file=sys.stderr)
         sys.exit(2)

@@ -101,7 +101,7 @@ class Config:
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec(name="math_verify")])
     reward_policy: RewardPolicyConfig = field(default_factory=RewardPolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(mixed_precision="auto"))  # rl/precision.py
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -279,6 +279,7 @@ HARMLESS_ON_RESUME = (
     "rollout.num_threads", "rollout.gpu_memory_utilization", "rollout.kv_cache_gib", "rollout.max_engine_restarts",
     "learner.num_cpus", "learner.num_gpus", "learner.num_threads", "learner.micro_batch_size",
     "learner.gradient_checkpointing", "reward_policy.timeout_s",
+    "rollout.dtype", "learner.mixed_precision",  # numerics, not the run; auto may choose otherwise on another machine
 )
 
 

@@ -38,7 +38,8 @@ class OptimConfig:
 @dataclass
 class LearnerConfig:
     dtype: str = "float32"  # master weights and optimizer state
-    mixed_precision: str | None = None  # "bfloat16" / "float16": the decoder runs under autocast
+    mixed_precision: str | None = None  # "bfloat16" / "float16": the decoder runs under autocast; None: off. A run's
+    # config defaults to "auto" (rl/config.py; bfloat16 where the hardware has native bf16, else off: rl/precision.py)
     micro_batch_size: int = 8  # rows per forward/backward; does not change the gradient
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass

@@ -43,6 +43,7 @@ from rl.learner import Learner
 from rl.metrics import StepTimer, Tracker
 from rl.models import resolve_model_path
 from rl.planning import PlanningDetector, dense_mask, hicra_advantages
+from rl.precision import resolve_precision
 from rewards.knowledge import PassageStore
 from rollout.adaptive import adaptive_rollout, free_rollout
 from rollout.base import Sample, SamplingConfig
@@ -67,7 +68,7 @@ def ray_init_kwargs(rc) -> dict:
 
 class Trainer:
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        self.cfg = cfg = resolve_precision(cfg)  # dtype auto -> this machine's choice (printed, kept in config.yaml)
         self.run_dir = Path(cfg.output_dir)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)

@@ -8,6 +8,7 @@ from typing import Callable
 import ray
 import torch
 
+from rl.precision import detect
 from rollout.adaptive import AdaptiveThinkingConfig
 from rollout.base import RolloutEngine, Sample, SamplingConfig
 from rollout.cure import CureConfig
@@ -21,7 +22,8 @@ ENGINES = {"vllm": "rollout.vllm_engine:VLLMEngine", "hf": "rollout.hf_engine:HF
 class RolloutConfig:
     engine: str = "vllm"  # vllm | hf (fallback)
     num_engines: int = 1
-    dtype: str = "bfloat16"  # engine weights; the learner keeps its own dtype
+    dtype: str = "auto"  # engine weights: auto (bfloat16 where the hardware has native bf16, else float32: rl/precision.py),
+    # float32, bfloat16 or float16; the learner keeps its own dtype
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
@@ -74,7 +76,8 @@ class RolloutFleet:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         env = {} if gpus else cpu_env(cfg.num_threads, cfg.kv_cache_gib)
         self.options = dict(num_cpus=cfg.num_cpus_per_engine, num_gpus=gpus, runtime_env={"env_vars": env})
-        self.kwargs = dict(dtype=cfg.dtype)
+        # (the driver resolves auto once, rl/precision.py; a config built in code may still hold it)
+        self.kwargs = dict(dtype=detect()[0] if cfg.dtype == "auto" else cfg.dtype)
         if cfg.engine == "vllm":
             self.kwargs.update(
                 max_model_len=cfg.max_model_len,

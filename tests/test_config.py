@@ -79,3 +79,51 @@ def test_variant_recipes_extend_their_bases():
     assert (js.algorithm.divergence.name, js.algorithm.divergence.data) == ("js", "runs/dph_math_pi0")
     cure = load_config("recipes/cure_stage1_cpu.yaml")
     assert cure.rollout.cure.enabled and cure.rollout.sampling.n * (1 + cure.rollout.cure.branches) == 8
+
+# -- dtype auto (rl/precision.py) -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, gpu_bf16, expected", [
+    ({"avx2", "avx512f", "avx512_bf16"}, None, "bfloat16"),  # AVX-512 with BF16 (the project's first machine)
+    ({"avx2", "amx_tile", "amx_bf16"}, None, "bfloat16"),  # AMX
+    ({"avx2", "fma"}, None, "float32"),  # AVX2 only: bf16 would run a slow fallback kernel
+    ({"avx2", "avx512f", "avx512bw"}, None, "float32"),  # AVX-512 without its BF16 extension
+    (set(), None, "float32"),
+    ({"avx2"}, True, "bfloat16"),  # a GPU with bf16 decides, whatever the CPU
+    ({"avx512_bf16"}, False, "float32"),  # a GPU without bf16 (V100, T4)
+])
+def test_auto_dtype_is_bfloat16_only_where_the_hardware_has_it(flags, gpu_bf16, expected):
+    from rl.precision import auto_dtype
+
+    assert auto_dtype(flags, gpu_bf16) == expected
+
+
+def test_auto_is_the_default_and_resolves_once_for_both_keys(monkeypatch, capsys):
+    from rl import precision
+
+    cfg = load_config(None)
+    assert (cfg.rollout.dtype, cfg.learner.mixed_precision) == ("auto", "auto")
+    quick = load_config("recipes/quickstart.yaml")
+    assert (quick.rollout.dtype, quick.learner.mixed_precision) == ("auto", "auto")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})  # an AVX2-only CPU
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    out = precision.resolve_precision(cfg)
+    assert (out.rollout.dtype, out.learner.mixed_precision) == ("float32", None)  # None: no autocast
+    assert "auto -> float32" in capsys.readouterr().err
+    assert precision.resolve_precision(out) is out  # nothing left to resolve: no second line
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    out = precision.resolve_precision(cfg)
+    assert (out.rollout.dtype, out.learner.mixed_precision) == ("bfloat16", "bfloat16")
+    explicit = load_config(None, ["rollout.dtype=float16", "learner.mixed_precision=float32"])
+    out = precision.resolve_precision(explicit)
+    assert (out.rollout.dtype, out.learner.mixed_precision) == ("float16", None)  # float32 autocast means off
+
+
+def test_a_run_resumed_where_auto_chose_otherwise_is_allowed():
+    from rl.config import config_changes, to_dict
+
+    old = to_dict(load_config(None, ["rollout.dtype=bfloat16", "learner.mixed_precision=bfloat16"]))
+    new = to_dict(load_config(None, ["rollout.dtype=float32", "learner.mixed_precision=null"]))
+    harmful, harmless = config_changes(old, new)
+    assert harmful == [] and len(harmless) == 2
+
