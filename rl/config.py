@@ -19,11 +19,12 @@ from rl.advantages import ADVANTAGE_ESTIMATORS, WHITEN_LEVELS, AdvantageConfig
 from rl.divergences import F_DIVERGENCES, DivergenceConfig
 from rl.data import DataConfig, DatasetConfig, check_dataset_config, check_prompt_limits
 from rl.kl import KL_ESTIMATORS, KLConfig
-from rl.learner import LearnerConfig
+from rl.learner import DTYPES as LEARNER_DTYPES, SCHEDULES, LearnerConfig
 from rl.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig, resolve_agg_mode
 from rl.planning import PLANNING, HicraConfig
 from rl.token_weights import SCOPES, TOKEN_WEIGHTS, TokenWeightConfig
-from rollout.fleet import ENGINES, RolloutConfig
+from rl.precision import DTYPES
+from rollout.fleet import ENGINES, RolloutConfig, check_sampling
 
 
 class ConfigError(ValueError):
@@ -183,6 +184,9 @@ def _read_recipe(path: Path) -> dict:
     if not isinstance(tree, dict):
         raise ConfigError(f"{where} holds a {type(tree).__name__}, not a mapping of `key: value` lines; "
                           "write it like the files in recipes/")
+    if not tree:
+        raise ConfigError(f"{where} is empty: it would train on the built-in defaults; write the keys of a run in it "
+                          "(see recipes/quickstart.yaml), or omit the recipe to use the defaults on purpose")
     return tree
 
 
@@ -305,6 +309,13 @@ def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     return harmful, harmless
 
 
+def _did_you_mean(value, choices) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -362,8 +373,6 @@ def validate(cfg: Config) -> None:
     _check(r.cure.min_token_chars >= 0, "rollout.cure.min_token_chars must be >= 0")
     _check(r.sampling.n >= 2 or r.cure.enabled or alg.advantage.estimator not in ("grpo", "rloo", "dr_grpo"),
            f"rollout.sampling.n=1 leaves every {alg.advantage.estimator} group with one sample (zero advantage); use n >= 2")
-    _check(r.sampling.max_tokens >= 1, "rollout.sampling.max_tokens must be >= 1")
-    _check(r.sampling.temperature >= 0, "rollout.sampling.temperature must be >= 0")
     sets = {"data.train": cfg.data.train, "data.eval": cfg.data.eval, **{f"eval_sets.{k}": v for k, v in cfg.eval_sets.items()}}
     try:
         check_prompt_limits(cfg.data)
@@ -372,9 +381,13 @@ def validate(cfg: Config) -> None:
                 check_dataset_config(ds, key)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    _check(cfg.data.max_prompt_tokens + r.sampling.max_tokens <= r.max_model_len,
-           f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + rollout.sampling.max_tokens "
-           f"({r.sampling.max_tokens}) exceeds rollout.max_model_len ({r.max_model_len}); raise it or shorten one")
+    try:
+        for key in ("sampling", "eval_sampling"):
+            check_sampling(getattr(r, key), f"rollout.{key}", cfg.data.max_prompt_tokens, r.max_model_len)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    _check(r.dtype in DTYPES, f"rollout.dtype={r.dtype!r}; choose one of {list(DTYPES)}{_did_you_mean(r.dtype, DTYPES)}"
+           " (auto: bfloat16 where the hardware has native bf16, else float32)")
     _check(t.total_steps >= 1, "trainer.total_steps must be >= 1")
     _check(t.prompts_per_step >= 1, "trainer.prompts_per_step must be >= 1")
     _check(t.eval_every >= 0 and t.save_every >= 0, "trainer.eval_every and trainer.save_every must be >= 0")
@@ -413,6 +426,14 @@ def validate(cfg: Config) -> None:
     _check(lr.mini_batches <= t.prompts_per_step * r.sampling.n,
            "learner.mini_batches is larger than the number of samples per step")
     _check(lr.optim.lr > 0, "learner.optim.lr must be > 0")
+    _check(lr.optim.schedule in SCHEDULES, f"learner.optim.schedule={lr.optim.schedule!r} is not a schedule the learner "
+           f"can step; choose one of {list(SCHEDULES)}{_did_you_mean(lr.optim.schedule, SCHEDULES)}")
+    _check(lr.dtype in LEARNER_DTYPES, f"learner.dtype={lr.dtype!r}; choose one of {list(LEARNER_DTYPES)}"
+           f"{_did_you_mean(lr.dtype, LEARNER_DTYPES)}")
+    _check(lr.mixed_precision in DTYPES or lr.mixed_precision is None,
+           f"learner.mixed_precision={lr.mixed_precision!r}; choose one of {list(DTYPES)} or null"
+           f"{_did_you_mean(lr.mixed_precision, DTYPES)} (off: float32 and "
+           "null both run the decoder in learner.dtype; auto: bfloat16 where the hardware has native bf16)")
     _check(alg.overlong.buffer >= 0 and alg.overlong.buffer < r.sampling.max_tokens,
            "algorithm.overlong.buffer must be in [0, rollout.sampling.max_tokens)")
     _check(alg.dynamic_sampling.max_tries >= 1, "algorithm.dynamic_sampling.max_tries must be >= 1")

@@ -30,14 +30,21 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    schedule: str = "constant"  # any transformers.get_scheduler name: constant, linear, cosine, ...
+    schedule: str = "constant"  # one of SCHEDULES (transformers.get_scheduler names): constant, linear, cosine, ...
     warmup_steps: int = 0
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
 
 
+# the transformers schedules the learner can step: built from warmup and total steps alone, stepped without a metric
+# (not reduce_lr_on_plateau, greedy, cosine_with_min_lr, warmup_stable_decay)
+SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+             "inverse_sqrt")
+DTYPES = ("float32", "bfloat16", "float16")  # learner.dtype
+
+
 @dataclass
 class LearnerConfig:
-    dtype: str = "float32"  # master weights and optimizer state
+    dtype: str = "float32"  # master weights and optimizer state: one of DTYPES
     mixed_precision: str | None = None  # "bfloat16" / "float16": the decoder runs under autocast; None: off. A run's
     # config defaults to "auto" (rl/config.py; bfloat16 where the hardware has native bf16, else off: rl/precision.py)
     micro_batch_size: int = 8  # rows per forward/backward; does not change the gradient

@@ -40,6 +40,24 @@ class RolloutConfig:
     # forced modes: half of each group starts by closing the thinking block (NoThinking), half by thinking
 
 
+def check_sampling(s: SamplingConfig, key: str, prompt_tokens: int, max_model_len: int) -> None:
+    """A ValueError naming `key` (rollout.sampling or rollout.eval_sampling) and the fix, for values an engine would
+    refuse or misread only once it runs."""
+    checks = [
+        (s.n >= 1, f"{key}.n={s.n}: must be >= 1"),
+        (s.max_tokens >= 1, f"{key}.max_tokens={s.max_tokens}: must be >= 1"),
+        (s.temperature >= 0, f"{key}.temperature={s.temperature}: must be >= 0 (0: greedy)"),
+        (0 < s.top_p <= 1, f"{key}.top_p={s.top_p}: must be in (0, 1] (1: off)"),
+        (s.top_k == -1 or s.top_k >= 1, f"{key}.top_k={s.top_k}: must be -1 (off) or >= 1"),
+        (prompt_tokens + s.max_tokens <= max_model_len,
+         f"data.max_prompt_tokens ({prompt_tokens}) + {key}.max_tokens ({s.max_tokens}) exceeds rollout.max_model_len "
+         f"({max_model_len}); raise it or shorten one"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 def _import(path: str):
     module, name = path.split(":")
     return getattr(__import__(module, fromlist=[name]), name)
