@@ -19,6 +19,7 @@ and extra per-sample info (components, facts found, number of searches): numeric
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import hashlib
 import importlib
@@ -89,19 +90,28 @@ def _import_path(path: str) -> Callable:
     if not module or not attr:
         raise ValueError(f"reward fn {path!r}: write it as 'package.module:function' or 'path/to/file.py:function'")
     if module.endswith(".py") and not Path(module).expanduser().is_file():
-        raise ValueError(f"reward fn {path!r}: {module!r} is not a file (a relative path is read from the working "
-                         f"directory, {os.getcwd()})")
+        raise ValueError(f"reward fn {path!r}: {module!r} is not a file (a relative path in a recipe is looked up in "
+                         f"the recipe's folder, then the current directory, {os.getcwd()}); fix the path")
     try:
         mod = _import_file(path, Path(module).expanduser()) if module.endswith(".py") else importlib.import_module(module)
-    except ImportError as e:
-        raise ValueError(f"reward fn {path!r}: cannot import module {module!r} ({e}); put it on PYTHONPATH or give "
-                         "the file: fn: path/to/file.py:function") from e
+    except ModuleNotFoundError as e:
+        if e.name and (module == e.name or module.startswith(e.name + ".")):  # the named module itself
+            raise ValueError(f"reward fn {path!r}: cannot import module {module!r} ({e}); put it on PYTHONPATH or "
+                             "give the file: fn: path/to/file.py:function") from e
+        raise ValueError(f"reward fn {path!r}: {module!r} imports {e.name!r}, which is not installed in this "
+                         f"environment ({sys.executable}); install it (e.g. pip install {(e.name or '?').split('.')[0]}; "
+                         "the package name may differ)") from e
     except Exception as e:  # the module itself is broken (SyntaxError, an error at import time)
         raise ValueError(f"reward fn {path!r}: importing {module!r} failed: {type(e).__name__}: {e}") from e
     try:
         fn = getattr(mod, attr)
     except AttributeError:
-        raise ValueError(f"reward fn {path!r}: module {module!r} has no attribute {attr!r}") from None
+        defined = sorted(n for n, v in vars(mod).items() if not n.startswith("_") and callable(v)
+                         and getattr(v, "__module__", None) == mod.__name__)
+        close = [n for n in defined if n.lower() == attr.lower()] or difflib.get_close_matches(attr, defined, 1)
+        raise ValueError(f"reward fn {path!r}: {module!r} has no attribute {attr!r}"
+                         f"{f' (did you mean {close[0]!r}?)' if close else ''}; it defines "
+                         f"{', '.join(defined) if defined else 'no functions or classes'}") from None
     if not callable(fn):
         raise ValueError(f"reward fn {path!r} is not callable")
     return fn
@@ -159,6 +169,7 @@ def load_reward(spec: RewardSpec, index: int = 0) -> tuple[str, Callable]:
     except ValueError as e:
         raise ValueError(f"rewards[{index}]: {e.args[0]}") from None
     label = spec.label or spec.name or getattr(fn, "__name__", f"reward_{index}")
+    _check_signature(fn, spec, index)
     if inspect.isclass(fn) and spec.actor.replicas == 0:  # built here, once, and called in this process
         try:
             return label, BatchScorer(fn(**spec.kwargs))
@@ -169,6 +180,55 @@ def load_reward(spec: RewardSpec, index: int = 0) -> tuple[str, Callable]:
         return label, ActorScorer(fn, dict(spec.kwargs), spec.actor, label)
     bound = functools.partial(fn, **spec.kwargs) if spec.kwargs else fn
     return label, (PerSampleScorer(bound, spec.max_concurrency) if spec.per_sample else BatchScorer(bound))
+
+
+def _call_form(per_sample: bool) -> str:
+    return "fn(prompt, completion, **row)" if per_sample else "fn(prompts, completions, **columns)"
+
+
+def _bind_problem(fn: Callable, positional: int, keywords, complete: bool = False) -> str | None:
+    """Why fn(None x positional, **keywords) cannot bind (an extra or unknown argument; with `complete`, also a
+    missing one), or None; also None when the signature cannot be read (a builtin)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        (sig.bind if complete else sig.bind_partial)(*[None] * positional, **dict.fromkeys(keywords))
+    except TypeError as e:
+        return str(e)
+    return None
+
+
+def _check_signature(fn: Callable, spec: RewardSpec, index: int) -> None:
+    """Before anything runs: a class's kwargs bind to its __init__ (where its Ray actors would fail to start) and its
+    __call__ takes (prompts, completions); a function takes its kwargs and the two positional arguments of the
+    trainer's call. The data's columns are checked once they are known (RewardManager.check_columns)."""
+    where, name = f"rewards[{index}] ({spec.fn or spec.name})", getattr(fn, "__name__", type(fn).__name__)
+    if inspect.isclass(fn):
+        if problem := _bind_problem(fn, 0, spec.kwargs, complete=True):
+            raise ValueError(f"{where}: {name}{_signature(fn)} cannot be built with kwargs {dict(spec.kwargs)} "
+                             f"({problem}); make rewards[{index}].kwargs match the arguments of its __init__")
+        if not any("__call__" in vars(k) for k in fn.__mro__[:-1]):
+            raise ValueError(f"{where}: class {name} has no __call__; add def __call__(self, prompts, completions, "
+                             "**columns) returning one value per completion")
+        if problem := _bind_problem(fn.__call__, 3, {}):  # self, prompts, completions
+            raise ValueError(f"{where}: {name}.__call__{_signature(fn.__call__)} cannot take (prompts, completions) "
+                             f"({problem}); write it as def __call__(self, prompts, completions, **columns)")
+        return
+    if problem := _bind_problem(fn, 2, spec.kwargs):
+        form = _call_form(spec.per_sample)
+        given = f" and kwargs {dict(spec.kwargs)}" if spec.kwargs else ""
+        fix = f"; or fix rewards[{index}].kwargs" if spec.kwargs else ""
+        raise ValueError(f"{where}: {name}{_signature(fn)} cannot be called as {form}{given} ({problem}); write it "
+                         f"as def {name}{form[2:]}{fix}")
+
+
+def _signature(fn: Callable) -> str:
+    try:
+        return str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        return "(...)"
 
 
 # -- the scorers: (prompts, completions, columns) -> list of raw values, or SampleError per failed sample -----
@@ -438,6 +498,23 @@ class RewardManager:
         if len(set(labels)) != len(labels):
             raise ValueError(f"rewards: two rewards share a label ({labels}); set `label` on one of them")
         return loaded
+
+    def check_columns(self, columns: list[str]) -> None:
+        """A ValueError naming the reward when it cannot take the data's columns (and trainer_step) as keyword
+        arguments, as every call passes them: checked once the data is loaded, before anything starts."""
+        for i, (label, fn, _) in enumerate(self.functions):
+            target, positional = (fn.cls.__call__, 3) if isinstance(fn, ActorScorer) else (fn.fn, 2)
+            try:
+                sig = inspect.signature(target)
+            except (TypeError, ValueError):
+                continue
+            try:
+                sig.bind(*[None] * positional, **dict.fromkeys(columns))
+            except TypeError as e:
+                raise ValueError(
+                    f"rewards[{i}] ({label!r}): every call passes the data's columns as keyword arguments "
+                    f"({', '.join(columns)}), and {getattr(target, '__qualname__', label)}{sig} cannot take them "
+                    f"({e}); add **columns to its signature, or name only columns the data has") from None
 
     def start(self) -> None:
         """Start the Ray actors of class-based rewards (Ray must be up); a constructor error is raised here. State

@@ -84,6 +84,7 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.train_rows, self.train_prompts, self.data_stats = load_prompts(cfg.data.train, "data.train", cfg.data,
                                                                            self.tokenizer)
+        self.rewards.check_columns([c for c in self.train_rows.column_names if c != "prompt"] + ["trainer_step"])
         self.eval_sets, self.skipped_eval_sets = {}, {}
         sets = ({"heldout": cfg.data.eval} if cfg.data.eval is not None else {}) | dict(cfg.eval_sets)
         for name, ds in sets.items():
