@@ -84,7 +84,7 @@ def run_eval(cfg, model: str | None, names: list[str], mode: str, out: Path, lim
 
     from rl.data import load_prompts
     from rl.evaluate import evaluate, write_records
-    from rl.models import resolve_model_path
+    from rl.models import check_context_length, resolve_model_path
     from rl.trainer import ray_init_kwargs
     from rollout.fleet import RolloutFleet
 
@@ -96,7 +96,9 @@ def run_eval(cfg, model: str | None, names: list[str], mode: str, out: Path, lim
             raise ValueError(f"--budget {budget} + --max-tokens {cfg.rollout.eval_sampling.max_tokens} + "
                              f"data.max_prompt_tokens {cfg.data.max_prompt_tokens} (+ the tags) exceed "
                              f"rollout.max_model_len {cfg.rollout.max_model_len}; raise it (rollout.max_model_len={need})")
-    model_path = resolve_model_path(model or cfg.model.path)  # a run folder resolves to its latest checkpoint
+    # a run folder resolves to its latest checkpoint; a missing model fails here, as in `rlvr train`
+    model_path = resolve_model_path(model or cfg.model.path, "--model" if model else "model.path")
+    check_context_length(model_path, cfg.rollout.max_model_len)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data = replace(cfg.data, instruction=cfg.data.instruction + (CONFIDENCE_INSTRUCTION if confidence else ""))
     sets = {name: load_prompts(ds, f"--data {name}", data, tokenizer)[:2] + (ds.grader,)

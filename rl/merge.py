@@ -117,7 +117,8 @@ def merge_models(models: Sequence[str], w1: float, w2: float | None, out: str | 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
-    folders = [_local(resolve_model_path(m)) for m in models]
+    roles = ("instruct", "reasoning", "base")
+    folders = [_local(resolve_model_path(m, f"model {i + 1} ({roles[i]})")) for i, m in enumerate(models)]
     check_compatible(folders)
     sources = [_Tensors(f) for f in folders]
     model = AutoModelForCausalLM.from_pretrained(str(folders[0]), dtype="auto")

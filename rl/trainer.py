@@ -41,7 +41,7 @@ from rl.evaluate import evaluate, write_records
 from rl.kl import kl_penalized_rewards, kl_penalty
 from rl.learner import Learner
 from rl.metrics import StepTimer, Tracker
-from rl.models import resolve_model_path
+from rl.models import check_context_length, resolve_model_path
 from rl.planning import PlanningDetector, dense_mask, hicra_advantages
 from rl.precision import resolve_precision
 from rewards.knowledge import PassageStore
@@ -80,6 +80,7 @@ class Trainer:
         self.resume_from = self._find_resume()  # a changed config is refused here
         self.rewards = RewardManager(cfg.rewards, cfg.reward_policy)  # imports user reward functions
         self.model_path = resolve_model_path(cfg.model.path)
+        check_context_length(self.model_path, cfg.rollout.max_model_len)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.train_rows, self.train_prompts, self.data_stats = load_prompts(cfg.data.train, "data.train", cfg.data,
