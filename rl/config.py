@@ -7,6 +7,7 @@ RolloutConfig, ...); this file only assembles them and checks what spans several
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import os
 import re
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
     cfg = OmegaConf.structured(Config)
     if recipe is not None:
         for path, tree in _recipe_layers(Path(recipe)):
+            _rebase_input_paths(tree, path.parent)
             for key, value in tree.items():
                 cfg = _merge(cfg, {key: value}, f"recipe {str(path)!r}")
     for item in overrides or []:
@@ -164,6 +166,56 @@ def _recipe_layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path,
         raise ConfigError(f"{where}: base: {base} names {str(base_path)!r}, which is not a file; give a path relative "
                           "to the recipe's folder")
     return _recipe_layers(base_path, chain + (path.resolve(),)) + [(path, tree)]
+
+
+# Keys that name files or folders to read ("*": every item; "**": every path-like string below). In a recipe, a relative
+# one resolves against the recipe's folder when it exists there, else (as in overrides) against the current directory;
+# outputs (output_dir, runs/...) always against the current directory.
+INPUT_PATHS = ("model.path", "data.mirror", "data.train.source", "data.eval.source", "eval_sets.*.source",
+               "rewards.*.fn", "rewards.*.kwargs.**", "algorithm.divergence.data", "rollout.search.knowledge.passages",
+               "rollout.search.knowledge.qa_data")
+
+
+def _rebase_input_paths(tree: dict, folder: Path) -> None:
+    """Rewrite, in place, the INPUT_PATHS values of a recipe's tree that exist relative to its folder to absolute
+    paths; anything else (a hub id, a named data set, a file found nowhere) is left as written."""
+    if folder.absolute() == Path.cwd():
+        return
+    for key in INPUT_PATHS:
+        _rebase_at(tree, key.split("."), folder)
+
+
+def _rebase_at(node, keys: list[str], folder: Path):
+    if not keys:
+        return _rebased(node, folder)
+    if keys == ["**"]:
+        if isinstance(node, (dict, list)):
+            for k, v in list(node.items() if isinstance(node, dict) else enumerate(node)):
+                node[k] = _rebase_at(v, keys, folder)
+            return node
+        return _rebased(node, folder, path_like=True)
+    key, rest = keys[0], keys[1:]
+    items = (node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()) \
+        if key == "*" else [(key, node[key])] if isinstance(node, dict) and key in node else ()
+    for k, v in list(items):
+        node[k] = _rebase_at(v, rest, folder)
+    return node
+
+
+def _rebased(value, folder: Path, path_like: bool = False):
+    """folder/value, absolute, when value is a relative path that exists there (for 'file.py:function', the file);
+    else value. `path_like`: only values with a '/' or a file suffix (free-form reward kwargs)."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    head, colon, attr = value.rpartition(":")
+    path, tail = (head, colon + attr) if colon and head.endswith(".py") else (value, "")
+    try:
+        p = Path(path).expanduser()
+        if p.is_absolute() or (path_like and "/" not in path and not p.suffix) or not (folder / p).exists():
+            return value
+    except (OSError, ValueError):  # a NUL byte, a name too long: not a file here, the later check names it
+        return value
+    return os.path.abspath(folder / p) + tail
 
 
 def _read_recipe(path: Path) -> dict:

@@ -80,6 +80,7 @@ def test_variant_recipes_extend_their_bases():
     cure = load_config("recipes/cure_stage1_cpu.yaml")
     assert cure.rollout.cure.enabled and cure.rollout.sampling.n * (1 + cure.rollout.cure.branches) == 8
 
+
 # -- dtype auto (rl/precision.py) -----------------------------------------------------------------------------------
 
 
@@ -127,3 +128,35 @@ def test_a_run_resumed_where_auto_chose_otherwise_is_allowed():
     harmful, harmless = config_changes(old, new)
     assert harmful == [] and len(harmless) == 2
 
+
+# -- relative paths in a recipe --------------------------------------------------------------------------------------
+
+
+def test_relative_input_paths_resolve_against_the_recipe_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "train.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    (folder / "reward.py").write_text("def f(prompts, completions, **kw):\n    return [0.0] * len(completions)\n")
+    (folder / "recipe.yaml").write_text(
+        "model: {path: Qwen/Qwen2.5-0.5B}\n"
+        "data:\n  train: {source: data/train.jsonl}\n  eval: {source: knowrl/train.json}\n"
+        "eval_sets: {gsm8k: {source: openai/gsm8k, subset: main, split: test}}\n"
+        "rewards:\n  - {fn: 'reward.py:f', kwargs: {table: data/train.jsonl, mode: strict}}\n"
+        "  - {fn: 'tests.reward_fixtures:constant'}\n"
+        "output_dir: runs/here\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(folder / "recipe.yaml")
+    assert cfg.data.train.source == str(folder / "data" / "train.jsonl")
+    assert cfg.rewards[0].fn == f"{folder / 'reward.py'}:f"
+    assert cfg.rewards[0].kwargs == {"table": str(folder / "data" / "train.jsonl"), "mode": "strict"}
+    # found nowhere beside the recipe: left as written (hub ids, named sets, mirror files, modules)
+    assert (cfg.model.path, cfg.data.eval.source, cfg.eval_sets["gsm8k"].source, cfg.rewards[1].fn) == (
+        "Qwen/Qwen2.5-0.5B", "knowrl/train.json", "openai/gsm8k", "tests.reward_fixtures:constant")
+    assert cfg.output_dir == "runs/here"  # outputs stay relative to the current directory
+    # overrides are read from the current directory, as before
+    assert load_config(folder / "recipe.yaml", ["data.train.source=data/train.jsonl"]).data.train.source == \
+        "data/train.jsonl"
+    monkeypatch.chdir(folder)  # run from the recipe's folder: nothing to rewrite
+    assert load_config("recipe.yaml").data.train.source == "data/train.jsonl"
