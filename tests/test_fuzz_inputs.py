@@ -705,3 +705,214 @@ def test_the_trainer_fails_on_bad_input_before_starting_anything(smollm2_path, t
     with pytest.raises(ValueError, match=re.escape(expected)):
         trainer_mod.Trainer(cfg)
     assert not (tmp_path / "run").exists()  # nothing written either
+
+
+# == 5. inputs that used to pass every early check and fail only once Ray and vLLM ran (issue 18) ===================
+
+LATE_CONFIG_CASES = [  # (overrides, words the ConfigError must hold: the key, then the fix)
+    pytest.param(["learner.optim.schedule=cosin"], ["learner.optim.schedule='cosin'", "did you mean 'cosine'"],
+                 id="schedule-typo"),
+    pytest.param(["learner.optim.schedule=reduce_lr_on_plateau"], ["learner.optim.schedule", "choose one of"],
+                 id="schedule-that-needs-a-metric"),
+    pytest.param(["rollout.dtype=bf16"], ["rollout.dtype='bf16'", "'bfloat16'"], id="rollout-dtype-bf16"),
+    pytest.param(["learner.dtype=fp32"], ["learner.dtype='fp32'", "'float32'"], id="learner-dtype"),
+    pytest.param(["learner.mixed_precision=bf16"], ["learner.mixed_precision='bf16'", "or null"],
+                 id="mixed-precision-bf16"),
+    pytest.param(["rollout.sampling.top_p=0"], ["rollout.sampling.top_p=0.0", "(0, 1]"], id="top-p-zero"),
+    pytest.param(["rollout.sampling.top_k=0"], ["rollout.sampling.top_k=0", "-1 (off) or >= 1"], id="top-k-zero"),
+    pytest.param(["rollout.eval_sampling.max_tokens=5000"],
+                 ["rollout.eval_sampling.max_tokens (5000)", "rollout.max_model_len", "raise it"], id="eval-too-long"),
+    pytest.param(["rollout.eval_sampling.temperature=-1"], ["rollout.eval_sampling.temperature=-1.0", ">= 0"],
+                 id="eval-temperature-negative"),
+    pytest.param(["rollout.eval_sampling.top_p=1.5"], ["rollout.eval_sampling.top_p=1.5"], id="eval-top-p"),
+    pytest.param(["rollout.eval_sampling.n=0"], ["rollout.eval_sampling.n=0", ">= 1"], id="eval-n-zero"),
+]
+
+
+@pytest.mark.parametrize("overrides, words", LATE_CONFIG_CASES)
+def test_values_an_engine_or_the_learner_would_refuse_are_named_at_load(overrides, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"# only a comment\n", b"---\n", b"{}\n"])
+def test_an_empty_recipe_is_an_error_not_the_defaults(tmp_path, content):
+    path = tmp_path / "recipe.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="is empty: it would train on the built-in defaults") as e:
+        load_config(path)
+    assert str(path) in str(e.value)
+    assert load_config(None).trainer.total_steps >= 1  # no recipe at all: the defaults, on purpose
+
+
+REWARD_FILE = """\
+import json
+
+def brevity(prompts, completions, **columns):
+    return [0.0] * len(completions)
+
+def one_argument(completions):
+    return [0.0] * len(completions)
+
+def needs_gold(prompts, completions, gold):
+    return [0.0] * len(completions)
+
+def no_columns(prompts, completions):
+    return [0.0] * len(completions)
+
+def per_sample_one(prompt):
+    return 0.0
+
+class Judge:
+    def __init__(self, target_words: int = 25):
+        self.target = target_words
+
+    def __call__(self, prompts, completions, **columns):
+        return [0.0] * len(completions)
+
+class NeedsModel:
+    def __init__(self, model: str):
+        self.model = model
+
+    def __call__(self, prompts, completions, **columns):
+        return [0.0] * len(completions)
+
+class NoCall:
+    pass
+"""
+
+REWARD_CASES = [  # (rewards[0] spec with FILE for the reward file, words of the error)
+    pytest.param("{fn: 'FILE:one_argument'}", ["rewards[0]", "one_argument(completions)",
+                 "fn(prompts, completions, **columns)", "def one_argument(prompts, completions, **columns)"],
+                 id="function-takes-one-argument"),
+    pytest.param("{fn: 'FILE:per_sample_one', per_sample: true}", ["rewards[0]", "fn(prompt, completion, **row)",
+                 "def per_sample_one(prompt, completion, **row)"], id="per-sample-takes-one-argument"),
+    pytest.param("{fn: 'FILE:no_columns'}", ["rewards[0]", "passes the data's columns as keyword arguments",
+                 "answer", "trainer_step", "add **columns"], id="function-without-columns"),
+    pytest.param("{fn: 'FILE:needs_gold'}", ["rewards[0]", "missing a required argument: 'gold'", "add **columns"],
+                 id="function-names-a-column-the-data-lacks"),
+    pytest.param("{fn: 'FILE:Judge', kwargs: {targt_words: 3}}", ["rewards[0]", "Judge(target_words: int = 25)",
+                 "unexpected keyword argument 'targt_words'", "rewards[0].kwargs"], id="class-kwargs-do-not-bind"),
+    pytest.param("{fn: 'FILE:NeedsModel'}", ["rewards[0]", "missing a required argument: 'model'",
+                 "rewards[0].kwargs"], id="class-kwargs-missing"),
+    pytest.param("{fn: 'FILE:NoCall'}", ["rewards[0]", "class NoCall has no __call__", "def __call__(self, prompts"],
+                 id="class-without-call"),
+    pytest.param("{fn: 'FILE:brevty'}", ["rewards[0]", "has no attribute 'brevty'", "did you mean 'brevity'",
+                 "it defines Judge, NeedsModel, NoCall, brevity, needs_gold, no_columns, one_argument, per_sample_one"],
+                 id="wrong-function-name-lists-the-names"),
+    pytest.param("{fn: 'MISSING:f'}", ["rewards[0]", "imports 'no_such_package_xyz', which is not installed",
+                 "pip install no_such_package_xyz"], id="file-imports-a-missing-module"),
+]
+
+
+def _bad_input_config(smollm2_path: str, tmp_path: Path, overrides: list[str]) -> Config:
+    """A config over a model folder whose weights are never loaded (the errors come first) and 8 arithmetic rows."""
+    model = _tokenizer_copy(smollm2_path, tmp_path / "model", (Path(smollm2_path) / "chat_template.jinja").read_text())
+    (model / "model.safetensors").write_bytes(b"\x00" * 16)
+    return load_config(None, [f"model.path={model}", "data.arithmetic.num_train=8", "data.eval=null",
+                              f"output_dir={tmp_path / 'run'}", "resume=none", *overrides])
+
+
+def _refuse_ray(monkeypatch):
+    import ray
+
+    from rl import trainer as trainer_mod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("expensive work started before the bad input was reported")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(trainer_mod.Trainer, "_start_cluster", refuse)
+    return trainer_mod.Trainer
+
+
+@pytest.mark.parametrize("spec, words", REWARD_CASES)
+def test_reward_code_that_cannot_take_the_trainers_call_fails_before_ray(smollm2_path, tmp_path, monkeypatch, spec,
+                                                                          words):
+    (tmp_path / "rewards.py").write_text(REWARD_FILE)
+    (tmp_path / "missing.py").write_text("import no_such_package_xyz\n\ndef f(prompts, completions, **kw):\n    pass\n")
+    spec = spec.replace("FILE", str(tmp_path / "rewards.py")).replace("MISSING", str(tmp_path / "missing.py"))
+    trainer = _refuse_ray(monkeypatch)
+    with pytest.raises(ValueError) as e:
+        trainer(_bad_input_config(smollm2_path, tmp_path, [f"rewards=[{spec}]"]))
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    assert "PYTHONPATH" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_context_longer_than_the_model_takes_fails_before_ray(smollm2_path, tmp_path, monkeypatch):
+    trainer = _refuse_ray(monkeypatch)
+    with pytest.raises(ValueError) as e:
+        trainer(_bad_input_config(smollm2_path, tmp_path, ["rollout.max_model_len=8200"]))
+    msg = str(e.value)
+    assert "rollout.max_model_len=8200 is above the model's max_position_embeddings (8192" in msg, msg
+    assert "set rollout.max_model_len=8192 or lower" in msg, msg
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub (as on a machine without network): HF_HUB_OFFLINE=1 and the reachability check answers no."""
+    from rl import data_sources
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(data_sources, "hub_reachable", lambda: False)
+    monkeypatch.setenv("HF_HOME", str(Path(tempfile.mkdtemp())))  # an empty hub cache
+
+
+MISSING_MODEL = ("no such folder", "a relative path in a recipe is looked up in the recipe's folder, then the current "
+                 "directory", "the hub cannot be reached", "hf download")
+
+
+def test_a_hub_id_offline_is_one_line_naming_model_path(smollm2_path, tmp_path, monkeypatch, offline):
+    trainer = _refuse_ray(monkeypatch)
+    cfg = _bad_input_config(smollm2_path, tmp_path, ["model.path=someorg/no-such-model"])
+    with pytest.raises(FileNotFoundError) as e:
+        trainer(cfg)
+    assert str(e.value).startswith("model.path='someorg/no-such-model': no such folder"), str(e.value)
+    assert all(w in str(e.value) for w in MISSING_MODEL), str(e.value)
+
+
+def test_rlvr_eval_and_merge_say_what_train_says_for_a_missing_model(tmp_path, monkeypatch, capsys, offline):
+    from rl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--model", "someorg/no-such-model", "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err  # the [precision] line, then the error
+    assert e.value.code == 2 and err.splitlines()[-1].startswith("rlvr: --model='someorg/no-such-model': no such "
+                                                                 "folder"), err
+    assert all(w in err for w in MISSING_MODEL) and "Traceback" not in err and len(err.splitlines()) <= 2, err
+    with pytest.raises(SystemExit) as e:
+        main(["merge", "runs/bai_actr", "runs/bai_actor2", "--w1", "0.5", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("rlvr: model 1 (instruct)='runs/bai_actr': no such folder"), err
+    assert all(w in err for w in MISSING_MODEL), err
+
+
+def test_a_hub_id_the_hub_does_not_have_is_named(monkeypatch):
+    import huggingface_hub
+
+    from rl import data_sources
+
+    monkeypatch.setattr(data_sources, "hub_reachable", lambda: True)
+    monkeypatch.setattr(huggingface_hub, "repo_exists", lambda repo, **kw: False)
+    with pytest.raises(FileNotFoundError, match=r"model.path='runs/typo': no such folder .*the hub has no model"):
+        resolve_model_path("runs/typo")
+    monkeypatch.setattr(huggingface_hub, "repo_exists", lambda repo, **kw: True)
+    assert resolve_model_path("someorg/real-model") == "someorg/real-model"  # the loaders download it
+
+
+def test_help_lists_every_command_with_a_whole_sentence(capsys):
+    from rl.cli import SUMMARIES, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = " ".join(capsys.readouterr().out.split())
+    for name, summary in SUMMARIES.items():
+        assert summary.endswith(".") and f"{name} {summary}" in listing, (name, listing)
+    with pytest.raises(SystemExit):
+        main(["prepare-model", "--help"])
+    assert "Convert an embedded model" in capsys.readouterr().out
