@@ -78,7 +78,12 @@ class Learner:
         self.weights_cfg = weights or TokenWeightConfig()
         self.div_cfg = divergence or DivergenceConfig()
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.autocast_dtype = getattr(torch, cfg.mixed_precision) if cfg.mixed_precision else None
+        mixed = cfg.mixed_precision
+        if mixed == "auto":  # a config built in code (the offline prepare steps), not resolved by the CLI or Trainer
+            from rl.precision import detect
+
+            mixed = detect()[0]
+        self.autocast_dtype = getattr(torch, mixed) if mixed and mixed != "float32" else None
         dtype = getattr(torch, cfg.dtype)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
         if getattr(self.model.config, "final_logit_softcapping", None):
