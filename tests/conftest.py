@@ -19,8 +19,10 @@ SHARED_DATA = Path(os.environ.get("RLVR_DATA_DIR") or REPO.parent / "shared" / "
 def requires_mirror(*files: str):
     """Skip unless the data mirror holds these files (relative to it), with a reason naming what is missing."""
     missing = [f for f in files if not (SHARED_DATA / f).exists()]
-    return pytest.mark.skipif(bool(missing), reason=f"the data mirror {SHARED_DATA} has no {', '.join(missing)} "
-                                                    "(set RLVR_DATA_DIR to a folder of copies, see rl/data_sources.py)")
+    where = (f"the data mirror {SHARED_DATA} has no {', '.join(missing)}" if os.environ.get("RLVR_DATA_DIR") else
+             f"no data mirror: RLVR_DATA_DIR is unset and {SHARED_DATA} does not exist")
+    return pytest.mark.skipif(bool(missing), reason=f"{where} (set RLVR_DATA_DIR to a folder of copies of the public "
+                                                    "sets, see rl/data_sources.py)")
 
 
 @pytest.fixture(scope="session")
