@@ -329,6 +329,7 @@ def to_yaml(cfg: Config) -> str:
 # Keys that may change between a checkpoint and its resumed run without changing what the run computes.
 HARMLESS_ON_RESUME = (
     "name", "output_dir", "resume", "resume_force", "logging.", "ray.", "eval_sets", "data.eval", "data.mirror",
+    "data.train.optional",  # only false is valid: absent from checkpoints written before it existed
     "trainer.total_steps", "trainer.eval_every", "trainer.eval_at_start", "trainer.save_every",
     "trainer.keep_checkpoints", "trainer.print_samples", "trainer.max_bad_steps",
     "rollout.eval_sampling", "rollout.num_engines", "rollout.num_cpus_per_engine", "rollout.num_gpus_per_engine",
