@@ -76,6 +76,10 @@ class RolloutActor:
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.update_weights(state_dict)
 
+    def num_threads(self) -> int:
+        """torch's CPU threads in this engine's process (rollout.num_threads, or all cores of the node)."""
+        return torch.get_num_threads()
+
     def ready(self) -> bool:
         return True
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import ray
 import torch
 
 from rl.batch import Batch
@@ -33,6 +36,11 @@ def test_generates_n_samples_with_logprobs(fleet):
             assert len(s.logprobs) == len(s.response_ids)
             assert all(lp <= 0 for lp in s.logprobs)
             assert s.finish_reason in ("stop", "length")
+
+
+def test_engines_run_on_every_core_inside_ray(fleet):
+    # Ray gives a worker with num_cpus < 2 OMP_NUM_THREADS=1; an engine that kept it decoded on one core
+    assert ray.get([a.num_threads.remote() for a in fleet.actors]) == [os.cpu_count()] * len(fleet.actors)
 
 
 def test_seeded_rollouts_repeat_and_differ_across_seeds(fleet):
