@@ -28,6 +28,8 @@ class Batch:
     init_logprobs: torch.Tensor | None = None  # [B, T] the initial policy's log-probs of its own samples (DPH-RL)
     divergence_mask: torch.Tensor | None = None  # [B] float, 1: a sample of the initial policy, for the divergence
     # term only (DPH-RL); 0: an RL sample, for the policy loss only
+    prompt_lengths: torch.Tensor | None = None  # [B] long, tokens of each row's prompt (rows with equal prompts are
+    # packed with one copy of it: rl/packing.py); None: unknown, nothing is shared
     prefix_lengths: torch.Tensor | None = None  # [B] long, CURE: tokens of the answer that sit in the prompt (a
     # continuation's reused prefix); they count in the answer's length but not in the loss
 
@@ -120,4 +122,5 @@ class Batch:
             response_mask=response_mask,
             group_ids=torch.as_tensor(list(group_ids), dtype=torch.long),
             rollout_logprobs=rollout_logprobs,
+            prompt_lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
         )

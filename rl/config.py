@@ -335,7 +335,7 @@ HARMLESS_ON_RESUME = (
     "rollout.eval_sampling", "rollout.num_engines", "rollout.num_cpus_per_engine", "rollout.num_gpus_per_engine",
     "rollout.num_threads", "rollout.gpu_memory_utilization", "rollout.kv_cache_gib", "rollout.max_engine_restarts",
     "learner.num_cpus", "learner.num_gpus", "learner.num_threads", "learner.micro_batch_size",
-    "learner.gradient_checkpointing", "reward_policy.timeout_s",
+    "learner.gradient_checkpointing", "learner.share_prompts", "learner.pack_max_tokens", "reward_policy.timeout_s",
     "rollout.dtype", "learner.mixed_precision",  # numerics, not the run; auto may choose otherwise on another machine
 )
 
@@ -475,6 +475,7 @@ def validate(cfg: Config) -> None:
            "resume must be auto, none, or a checkpoint folder")
     lr = cfg.learner
     _check(lr.micro_batch_size >= 1, "learner.micro_batch_size must be >= 1")
+    _check(lr.pack_max_tokens >= 1, f"learner.pack_max_tokens={lr.pack_max_tokens}: must be >= 1 (tokens per packed row)")
     _check(lr.ppo_epochs >= 1 and lr.mini_batches >= 1, "learner.ppo_epochs and learner.mini_batches must be >= 1")
     _check(lr.mini_batches <= t.prompts_per_step * r.sampling.n,
            "learner.mini_batches is larger than the number of samples per step")

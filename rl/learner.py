@@ -19,6 +19,7 @@ from rl.divergences import DivergenceConfig, f_divergence_loss
 from rl.entropy import entropy_from_logits, logprobs_from_logits
 from rl.kl import KLConfig, kl_penalty
 from rl.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss, resolve_agg_mode
+from rl.packing import pack_shared_prompts
 from rl.token_weights import TokenStats, TokenWeightConfig, token_weights
 
 ENTROPY_PERCENTILES = (10, 50, 90)
@@ -51,6 +52,9 @@ class LearnerConfig:
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass
     gradient_checkpointing: bool = False
+    share_prompts: bool = True  # rows of a micro-batch with the same prompt read it once (rl/packing.py); the
+    # values are those of the padded layout, to rounding
+    pack_max_tokens: int = 1024  # tokens per packed row (attention costs its square); a longer sample packs alone
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus -coef * H to each token's loss
     num_threads: int | None = None  # torch CPU threads; None: all cores
     num_cpus: float = 0.5  # Ray scheduling
@@ -108,6 +112,7 @@ class Learner:
         self.norm_length = loss.norm_length or max_response_tokens
         self.generator = torch.Generator().manual_seed(seed)
         self._stepped = False  # an optimizer step was taken in the current update() (the policy left the old one)
+        self._read = [0, 0]  # tokens the decoder read in this optimizer step's forward passes, and the real ones
 
     # -- forward passes ---------------------------------------------------------------------------------------
     def _forward(self, model, mb: Batch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -118,18 +123,27 @@ class Learner:
         the [B, T, vocab] logits.
         """
         ids = mb.input_ids
-        predicts = mb.response_mask[:, 1:] > 0  # position p predicts token p + 1
+        rows, cols = torch.nonzero(mb.response_mask[:, 1:] > 0, as_tuple=True)  # position p predicts token p + 1
+        packed = pack_shared_prompts(ids.cpu(), mb.attention_mask.cpu(),
+                                     mb.prompt_lengths.cpu() if self.cfg.share_prompts and mb.prompt_lengths is not None
+                                     else None, self.cfg.pack_max_tokens)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            hidden = model.get_decoder()(input_ids=ids, attention_mask=mb.attention_mask).last_hidden_state
+            hidden = model.get_decoder()(input_ids=packed.input_ids.to(self.device),
+                                         position_ids=packed.position_ids.to(self.device),
+                                         attention_mask=packed.attention_mask.to(self.device)).last_hidden_state
+        if torch.is_grad_enabled():  # the update's forward: what the decoder read, for the step's metrics
+            self._read[0] += packed.num_tokens
+            self._read[1] += packed.real_tokens
         head = model.get_output_embeddings()
-        logits = head(hidden[:, :-1][predicts].to(head.weight.dtype))
+        source = packed.where.to(self.device)[rows, cols]
+        logits = head(hidden.reshape(-1, hidden.shape[-1])[source].to(head.weight.dtype))
         logp = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
-        logp[:, 1:][predicts] = logprobs_from_logits(logits, ids[:, 1:][predicts])
+        logp[rows, cols + 1] = logprobs_from_logits(logits, ids[rows, cols + 1])
         entropy = None
         if with_entropy:
             entropy = torch.zeros_like(logp)
             with torch.set_grad_enabled(self.cfg.entropy_coef > 0 and torch.is_grad_enabled()):
-                entropy[:, 1:][predicts] = entropy_from_logits(logits if self.cfg.entropy_coef > 0 else logits.detach())
+                entropy[rows, cols + 1] = entropy_from_logits(logits if self.cfg.entropy_coef > 0 else logits.detach())
         return logp, entropy
 
     @torch.no_grad()
@@ -138,25 +152,34 @@ class Learner:
         model = self.ref_model if reference else self.model
         if model is None:
             raise RuntimeError("reference log-probs asked for, but no reference model is loaded (kl.coef is 0)")
-        parts = [self._forward(model, mb.to(self.device), with_entropy=False)[0].cpu() for mb in self._micro(batch)]
-        return self._unsplit(parts, batch)
+        micro = self._micro(batch)
+        parts = [self._forward(model, mb.to(self.device), with_entropy=False)[0].cpu() for _, mb in micro]
+        return self._unsplit(parts, micro, batch)
 
     @torch.no_grad()
     def compute_logprobs_and_entropy(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and full-distribution entropies [B, T] under the current model, without gradient."""
-        parts = [self._forward(self.model, mb.to(self.device), with_entropy=True) for mb in self._micro(batch)]
-        return (self._unsplit([p[0].cpu() for p in parts], batch), self._unsplit([p[1].cpu() for p in parts], batch))
+        micro = self._micro(batch)
+        parts = [self._forward(self.model, mb.to(self.device), with_entropy=True) for _, mb in micro]
+        return (self._unsplit([p[0].cpu() for p in parts], micro, batch),
+                self._unsplit([p[1].cpu() for p in parts], micro, batch))
 
-    def _micro(self, batch: Batch) -> list[Batch]:
-        return batch.split(self.cfg.micro_batch_size)
+    def _micro(self, batch: Batch) -> list[tuple[torch.Tensor, Batch]]:
+        """Micro-batches of at most micro_batch_size rows of similar length, each trimmed to its longest row, with
+        the batch rows each holds. Rows are taken group by group (learner.share_prompts) and in order of length, so
+        little of a micro-batch is padding; the step's normalisers make the loss and gradient independent of how
+        rows are grouped."""
+        key = batch.attention_mask.sum(-1)
+        if self.cfg.share_prompts:  # a group's rows together (they pack with one copy of their prompt), by length
+            key = batch.group_ids * (batch.input_ids.shape[1] + 1) + key
+        order = torch.argsort(key, stable=True)
+        return [(rows, batch.select(rows).trim()) for rows in order.split(self.cfg.micro_batch_size)]
 
     @staticmethod
-    def _unsplit(parts: list[torch.Tensor], batch: Batch) -> torch.Tensor:
+    def _unsplit(parts: list[torch.Tensor], micro: list[tuple[torch.Tensor, Batch]], batch: Batch) -> torch.Tensor:
         out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-        row = 0
-        for p in parts:
-            out[row : row + p.shape[0], : p.shape[1]] = p
-            row += p.shape[0]
+        for p, (rows, _) in zip(parts, micro):
+            out[rows, : p.shape[1]] = p
         return out
 
     # -- the update -------------------------------------------------------------------------------------------
@@ -209,11 +232,10 @@ class Learner:
         step_weights = self._step_weights(mb, rl_mask)
         self.optimizer.zero_grad(set_to_none=True)
         stats: dict[str, float] = defaultdict(float)
-        entropies, row = [], 0
-        for micro in self._micro(mb):
-            width = micro.input_ids.shape[1]
-            weights = step_weights[row : row + len(micro), :width] if step_weights is not None else None
-            row += len(micro)
+        entropies = []
+        self._read = [0, 0]  # tokens the decoder read (padding included), and of them real tokens
+        for rows, micro in self._micro(mb):
+            weights = step_weights[rows, : micro.input_ids.shape[1]] if step_weights is not None else None
             micro = micro.to(self.device)
             mask, div = self._masks(micro)
             logp, entropy = self._forward(self.model, micro, with_entropy=True)
@@ -250,6 +272,8 @@ class Learner:
             stats["clip_frac"] += float((out.clipped.float() * mask).sum()) / num_tokens
             stats["ratio_mean"] += float((out.ratio * mask).sum()) / num_tokens
             stats["rollout_logp_diff"] += float(((logp.detach() - micro.rollout_logprobs).abs() * mask).sum()) / num_tokens
+        stats["tokens_read"] = float(self._read[0])
+        stats["padding_frac"] = 1.0 - self._read[1] / max(self._read[0], 1)
         all_h = torch.cat(entropies)
         if all_h.numel():
             for q, v in zip(ENTROPY_PERCENTILES, torch.quantile(all_h, torch.tensor(ENTROPY_PERCENTILES) / 100.0)):

@@ -1,0 +1,82 @@
+"""Shared-prompt packing (rl/packing.py): the layout by hand, and on a real (tiny) model the same log-probs, entropies
+and update as the padded layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl.batch import Batch
+from rl.kl import KLConfig
+from rl.learner import Learner, LearnerConfig, OptimConfig
+from rl.losses import PolicyLossConfig
+from rl.packing import pack_shared_prompts
+
+
+def test_rows_with_one_prompt_share_it_and_see_only_their_own_tokens():
+    b = Batch.from_sequences([[1, 2, 3], [1, 2, 3], [7, 8]], [[4, 5], [6], [9]], [[0.0, 0.0], [0.0], [0.0]],
+                             [0, 0, 1], pad_token_id=0)
+    p = pack_shared_prompts(b.input_ids, b.attention_mask, b.prompt_lengths, max_tokens=64)
+    assert p.input_ids.tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 0, 0, 0]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 0, 0, 0]]
+    m = p.attention_mask[:, 0].int().tolist()
+    assert m[0] == [[1, 0, 0, 0, 0, 0],
+                    [1, 1, 0, 0, 0, 0],
+                    [1, 1, 1, 0, 0, 0],
+                    [1, 1, 1, 1, 0, 0],
+                    [1, 1, 1, 1, 1, 0],
+                    [1, 1, 1, 0, 0, 1]]  # token 6 reads the prompt and itself, not the other response
+    assert [r[:3] for r in m[1][:3]] == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert all(m[1][q][q] == 1 for q in range(3, 6))  # padding attends to itself only among padding: never all-masked
+    assert p.where.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 5, -1], [6, 7, 8, -1, -1]]
+    assert p.num_tokens == 12 and p.real_tokens == 9 and p.padding_frac == 0.25  # padded rows: 15 tokens, 9 real
+
+
+def test_a_pack_stays_within_max_tokens_and_unknown_prompts_share_nothing():
+    b = Batch.from_sequences([[1, 2, 3]] * 3, [[4, 5], [6, 7], [8]], [[0.0] * 2, [0.0] * 2, [0.0]], [0, 0, 0], 0)
+    p = pack_shared_prompts(b.input_ids, b.attention_mask, b.prompt_lengths, max_tokens=7)
+    assert p.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 8, 0, 0, 0]]
+    alone = pack_shared_prompts(b.input_ids, b.attention_mask, None, max_tokens=64)
+    assert torch.equal(alone.input_ids, b.input_ids)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    assert torch.equal(alone.attention_mask[0, 0], causal)
+
+
+def grouped_batch(seed: int = 0) -> Batch:
+    """Two prompts with three responses each (a GRPO step in small), ragged lengths."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(5, 400, (n,), generator=g).tolist() for n in (5, 3)]
+    responses = [torch.randint(5, 400, (n,), generator=g).tolist() for n in (4, 2, 6, 3, 5, 1)]
+    batch = Batch.from_sequences([prompts[i // 3] for i in range(6)], responses, [[-1.0] * len(r) for r in responses],
+                                 [0, 0, 0, 1, 1, 1], pad_token_id=0)
+    batch.advantages = torch.tensor([1.0, -0.5, 0.3, -1.0, 0.7, 0.2]).unsqueeze(-1) * batch.response_mask
+    return batch
+
+
+def learner(path: str, share: bool, micro: int = 6) -> Learner:
+    cfg = LearnerConfig(micro_batch_size=micro, share_prompts=share, entropy_coef=0.01,
+                        optim=OptimConfig(lr=1e-3, grad_clip=0.0), num_threads=1)
+    out = Learner(path, cfg, PolicyLossConfig(), KLConfig(), total_steps=1, max_response_tokens=8)
+    out.model.to(torch.float64)
+    return out
+
+
+@pytest.mark.parametrize("micro", [6, 2])
+def test_packed_forward_and_update_equal_the_padded_ones(tiny_model_path, micro):
+    batch = grouped_batch()
+    packed, padded = learner(tiny_model_path, True, micro), learner(tiny_model_path, False, micro)
+    for a, b in zip(packed.compute_logprobs_and_entropy(batch), padded.compute_logprobs_and_entropy(batch)):
+        assert a.abs().sum() > 0
+        assert torch.allclose(a, b, atol=1e-10), (a - b).abs().max()
+    grads = {}
+    for name, lrn in (("packed", packed), ("padded", padded)):  # the gradient each hands to AdamW
+        step = lrn.optimizer.step
+        lrn.optimizer.step = lambda name=name, lrn=lrn, step=step: (
+            grads.__setitem__(name, [p.grad.clone() for p in lrn.model.parameters()]), step())
+    ma, mb = packed.update(batch), padded.update(batch)  # the entropy bonus sends a gradient through the head too
+    # (log-probs and the loss are float32 whatever the model's dtype: the two sum rows in a different order)
+    assert ma["loss"] == pytest.approx(mb["loss"], rel=1e-6) and ma["entropy"] == pytest.approx(mb["entropy"], rel=1e-6)
+    scale = max(float(g.abs().max()) for g in grads["padded"])
+    assert scale > 0
+    for a, b in zip(grads["packed"], grads["padded"]):
+        assert torch.allclose(a, b, atol=1e-6 * scale, rtol=1e-5)
