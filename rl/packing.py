@@ -23,7 +23,8 @@ from torch import Tensor
 class Packed:
     input_ids: Tensor  # [R, L] long: packed rows, right-padded
     position_ids: Tensor  # [R, L] long: each token's position in its own (unpacked) row
-    attention_mask: Tensor  # [R, 1, L, L] bool: True where query q may attend key k
+    attention_mask: Tensor  # [R, 1, L, L] bool: True where query q may attend key k; when no row shares its prompt,
+    # the input's own [B, T] padding mask (the rows are then the input's rows)
     where: Tensor  # [B, T] long: flat index (r * L + l) of each unpacked token in the packed rows (-1: padding)
     real_tokens: int  # tokens of input_ids that are not padding
 
@@ -60,6 +61,12 @@ def pack_shared_prompts(input_ids: Tensor, attention_mask: Tensor, prompt_length
             else:
                 packs[-1][1].append(i)
                 size += extra
+    if all(len(rows) == 1 for _, rows in packs):  # nothing shared: the padded layout itself, with its 2D mask, so
+        # the attention backend keeps its fast causal paths (and builds no [L, L] mask per row)
+        width = input_ids.shape[1]
+        return Packed(input_ids, torch.arange(width).expand_as(input_ids).clone(), attention_mask,
+                      torch.where(attention_mask > 0, torch.arange(input_ids.numel()).view_as(input_ids), -1),
+                      sum(lengths))
     width = max(p + sum(lengths[i] - p for i in rows) for p, rows in packs)
     out_ids = torch.full((len(packs), width), pad_token_id, dtype=torch.long)
     positions = torch.zeros((len(packs), width), dtype=torch.long)

@@ -36,10 +36,11 @@ def test_a_pack_stays_within_max_tokens_and_unknown_prompts_share_nothing():
     b = Batch.from_sequences([[1, 2, 3]] * 3, [[4, 5], [6, 7], [8]], [[0.0] * 2, [0.0] * 2, [0.0]], [0, 0, 0], 0)
     p = pack_shared_prompts(b.input_ids, b.attention_mask, b.prompt_lengths, max_tokens=7)
     assert p.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 8, 0, 0, 0]]
-    alone = pack_shared_prompts(b.input_ids, b.attention_mask, None, max_tokens=64)
-    assert torch.equal(alone.input_ids, b.input_ids)
-    causal = torch.ones(5, 5, dtype=torch.bool).tril()
-    assert torch.equal(alone.attention_mask[0, 0], causal)
+    for alone in (pack_shared_prompts(b.input_ids, b.attention_mask, None, max_tokens=64),
+                  pack_shared_prompts(b.input_ids, b.attention_mask, b.prompt_lengths, max_tokens=4)):
+        assert torch.equal(alone.input_ids, b.input_ids) and torch.equal(alone.attention_mask, b.attention_mask)
+        assert alone.where.tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, -1]]
+        assert alone.real_tokens == 14
 
 
 def grouped_batch(seed: int = 0) -> Batch:
