@@ -54,14 +54,6 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         return replace(self, **{f.name: v.to(device) for f in fields(self) if (v := getattr(self, f.name)) is not None})
 
-    def split(self, size: int) -> list["Batch"]:
-        """Consecutive chunks of at most `size` rows (micro-batches), trimmed to their longest row."""
-        out = []
-        for start in range(0, len(self), size):
-            chunk = self.select(range(start, min(start + size, len(self))))
-            out.append(chunk.trim())
-        return out
-
     def trim(self) -> "Batch":
         """Drop trailing columns that are padding in every row."""
         width = int(self.attention_mask.sum(-1).max().item()) if len(self) else 0

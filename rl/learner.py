@@ -120,7 +120,7 @@ class Learner:
 
         The decoder runs under autocast when learner.mixed_precision is set (master weights stay in learner.dtype);
         the output layer runs in learner.dtype and only at positions that predict a response token, which saves most of
-        the [B, T, vocab] logits.
+        the [B, T, vocab] logits. Rows that share a prompt go through the decoder packed (rl/packing.py).
         """
         ids = mb.input_ids
         rows, cols = torch.nonzero(mb.response_mask[:, 1:] > 0, as_tuple=True)  # position p predicts token p + 1

@@ -20,7 +20,8 @@ def test_batch_packs_aligns_and_splits():
     assert b.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
     assert torch.allclose(b.rollout_logprobs[0, 2:], torch.tensor([-0.1, -0.2, -0.3]))
     assert b.response_lengths.tolist() == [3, 1]
-    second = b.split(1)[1]
+    assert b.prompt_lengths.tolist() == [2, 3]
+    second = b.select([1]).trim()
     assert second.input_ids.tolist() == [[3, 4, 5, 9]]  # trimmed to its own width
     assert len(b.select([1, 0])) == 2 and b.select([1]).group_ids.tolist() == [0]
 
