@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rlvr-installed
-# A local data mirror (rl/data_sources.py) when one is set or a folder of copies sits beside the clone, as on this
+# A local data mirror (rl/data/sources.py) when one is set or a folder of copies sits beside the clone, as on this
 # project's own machines; nothing requires it: without it, hub sets are fetched or skipped (make train) or their
 # tests skip (make test).
 RLVR_DATA_DIR ?= $(if $(wildcard ../shared/data/README.md),$(abspath ../shared/data))

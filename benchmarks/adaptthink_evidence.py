@@ -27,8 +27,8 @@ from arms import REPO, RLVR, evidence_parser, mean_sd, plot_curves, run  # noqa:
 sys.path.insert(0, str(REPO))
 from rewards.answers import math_verify_reward  # noqa: E402
 from rl.config import load_config  # noqa: E402
-from rl.data import arithmetic_problems, load_prompts  # noqa: E402
-from rl.models import resolve_model_path  # noqa: E402
+from rl.data.prompts import arithmetic_problems, load_prompts  # noqa: E402
+from rl.models.resolve import resolve_model_path  # noqa: E402
 from rollout.adaptive import is_nothinking, opened_prompts  # noqa: E402
 
 RECIPE = "recipes/adaptthink_cpu.yaml"

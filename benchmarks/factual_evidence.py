@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arms import REPO, RLVR, evidence_parser, load, mean_sd, plot_curves, run  # noqa: E402
-from rl.data_sources import resolve_data_file  # noqa: E402
+from rl.data.sources import resolve_data_file  # noqa: E402
 
 ARMS = {"grpo": "factual_grpo_cpu.yaml", "knowrl": "knowrl_cpu.yaml", "abstain": "abstain_cpu.yaml",
         "ikea": "ikea_search_cpu.yaml", "klcf": "klcf_cpu.yaml"}

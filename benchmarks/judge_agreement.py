@@ -20,7 +20,7 @@ import random
 import time
 from pathlib import Path
 
-from rl.data_sources import resolve_data_file
+from rl.data.sources import resolve_data_file
 
 REPO = Path(__file__).resolve().parents[1]
 KNOWRL = Path(resolve_data_file("knowrl/train.json", "the knowrl questions (RLVR_DATA_DIR)"))  # the data mirror's copy

@@ -73,8 +73,8 @@ def cpu_info() -> dict:
 
 
 def auto_dtype(info: dict) -> str:
-    """What rlvr's `auto` picks on this CPU (rl/precision.py): bfloat16 with AVX512-BF16 or AMX-BF16, else float32."""
-    from rl.precision import auto_dtype as rlvr_auto
+    """What rlvr's `auto` picks on this CPU (rl/models/precision.py): bfloat16 with AVX512-BF16 or AMX-BF16, else float32."""
+    from rl.models.precision import auto_dtype as rlvr_auto
 
     return rlvr_auto(info["flags"])
 
@@ -128,8 +128,8 @@ def make_plan(steps: int, prompts: int, dtype: str, runs: Path) -> dict:
     from transformers import AutoTokenizer
 
     from rl.config import load_config
-    from rl.data import PromptSampler, load_prompts, sample_seed
-    from rl.models import resolve_model_path
+    from rl.data.prompts import PromptSampler, load_prompts, sample_seed
+    from rl.models.resolve import resolve_model_path
 
     cfg = load_config(RECIPE, rlvr_overrides(steps, prompts, dtype, runs / "rlvr"))
     model_path = resolve_model_path(cfg.model.path)
@@ -362,7 +362,7 @@ def run_part(part: str, runs: Path) -> dict:
 def dtype_reason(dtype: str, machine: dict) -> str:
     if machine.get("dtype_arg") != "auto":
         return f"`--dtype {machine.get('dtype_arg')}`, chosen by hand"
-    from rl.precision import NATIVE_BF16_FLAGS
+    from rl.models.precision import NATIVE_BF16_FLAGS
 
     bf16 = [f for f in NATIVE_BF16_FLAGS if f in machine["cpu"]["flags"]]
     return (f"`--dtype auto`: the CPU has {' and '.join(bf16)}" if bf16 else

@@ -4,7 +4,7 @@
 
 The values are kwargs and must keep correct > abstain > wrong (otherwise guessing beats abstaining or abstaining
 beats knowing). A missing answer is wrong. Each sample also reports its verbalized confidence when it states one
-("Confidence: 80%"), for the calibration metrics (rl/calibration.py).
+("Confidence: 80%"), for the calibration metrics (rl/core/calibration.py).
 """
 
 from __future__ import annotations

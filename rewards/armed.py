@@ -34,7 +34,7 @@ class ARMed:
             raise ValueError(f"armed: need 0 <= quantile <= 1, window >= 1, k > 0; got {quantile}, {window}, {k}")
         self.k, self.q, self.window, self.weight, self.judge, self.tag = k, quantile, window, weight, judge, answer_tag
         if embed is None:
-            from rl.embeddings import MiniLMEmbedder
+            from rl.models.embeddings import MiniLMEmbedder
 
             embed = MiniLMEmbedder(embedding_model, max_length=64)
         self.embed = embed

@@ -73,7 +73,7 @@ class LLM:
             raise ValueError(f"llm.engine={cfg.engine!r}; choose vllm or hf")
         import torch
 
-        from rl.models import resolve_model_path
+        from rl.models.resolve import resolve_model_path
 
         model = resolve_model_path(cfg.model)  # an embedded name (smollm2-135m-instruct), a folder or a hub id
         if cfg.engine == "vllm":
@@ -93,7 +93,7 @@ class LLM:
         self.tokenizer, self.cfg, self.unparsed = self.engine.tokenizer, cfg, 0
 
     def complete(self, prompts: Sequence[str], max_tokens: int | None = None) -> list[str]:
-        from rl.data import render_prompts
+        from rl.models.chat import render_prompts
 
         limit = self.cfg.max_model_len - (max_tokens or self.cfg.max_tokens)
         ids = [x[-limit:] for x in render_prompts(self.tokenizer, list(prompts), None)]

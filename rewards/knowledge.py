@@ -13,7 +13,7 @@ Texts longer than `chunk_words` words are split into the fewest near-equal chunk
 - bm25: bm25s, lower-cased tokens without English stopwords, no stemmer. A title-restricted search scores the query
   against every chunk (a sum over the query terms' posting lists, cheap even for ~100k chunks) and keeps the chunks of
   those titles; chunks with score 0 (no query term in common) are never returned.
-- dense: cosine similarity of all-MiniLM-L6-v2 embeddings (rl.embeddings.MiniLMEmbedder), chunks embedded once.
+- dense: cosine similarity of all-MiniLM-L6-v2 embeddings (rl.models.embeddings.MiniLMEmbedder), chunks embedded once.
 
 Indexes are cached in `<cache_dir>/<retriever>-<sha256>/` (bm25s' files in bm25/, or embeddings.npy), the hash over
 the source file's bytes, whether it is a passages or a QA file, chunk_words, the retriever, the embedding model (dense
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from rl.data_sources import resolve_data_file
+from rl.data.sources import resolve_data_file
 
 FORMAT_VERSION = "1"
 RETRIEVERS = ("bm25", "dense")
@@ -163,7 +163,7 @@ class PassageStore:
         self._by_title = {t: np.array(ix) for t, ix in by_title.items()}  # normalised title -> its chunks
         docs = [f"{title}. {text}" for title, text in self.chunks]
         if retriever == "dense":
-            from rl.embeddings import MiniLMEmbedder
+            from rl.models.embeddings import MiniLMEmbedder
 
             self._embed = MiniLMEmbedder(embedding_model, batch_size=64, max_length=256, max_cache=10_000)
             self._embed_lock = threading.Lock()  # the embedder's text cache and the model are not thread safe
@@ -203,7 +203,7 @@ class PassageStore:
         if cfg.cache_dir is not None:
             root = Path(cfg.cache_dir).expanduser()
         else:
-            from rl.models import cache_dir
+            from rl.models.resolve import cache_dir
 
             root = cache_dir() / "knowledge"
         return cls(rows, cfg.retriever, cfg.chunk_words, cfg.k, cfg.embedding_model,

@@ -94,7 +94,7 @@ class EmbeddingVerifier:
     threshold = 0.6
 
     def __init__(self, model: str | None = None):
-        from rl.embeddings import MiniLMEmbedder
+        from rl.models.embeddings import MiniLMEmbedder
 
         self.embed = MiniLMEmbedder(model or "all-MiniLM-L6-v2", max_length=256)
 

@@ -1,5 +1,5 @@
 """The registry of built-in reward functions (name -> callable with TRL's signature)."""
 
-from rl.registry import Registry
+from rl.core.registry import Registry
 
 REWARDS: Registry = Registry("reward")

@@ -101,8 +101,8 @@ def _prepare(command: str, cfg, args) -> None:
     """The offline steps; a ValueError is a stated problem (exit 2)."""
     from pathlib import Path
 
-    from rl.dph import prepare
-    from rl.prepare import adaptthink_prepare, ikea_prepare, klcf_prepare
+    from rl.methods.dph import prepare
+    from rl.prepare.sampling import adaptthink_prepare, ikea_prepare, klcf_prepare
 
     try:
         if command == "dph-prepare":
@@ -130,7 +130,7 @@ def _prepare(command: str, cfg, args) -> None:
 def _eval(args) -> None:
     from pathlib import Path
 
-    from rl.eval_cli import run_eval
+    from rl.eval.cli import run_eval
 
     sampling = {"n": args.n, "temperature": args.temperature, "max_tokens": args.max_tokens}
     args.overrides += [f"rollout.eval_sampling.{k}={v}" for k, v in sampling.items() if v is not None]
@@ -145,9 +145,9 @@ def _eval(args) -> None:
 
 
 def _load(args):
-    """The recipe's validated config with dtype `auto` resolved for this machine (printed: rl/precision.py)."""
+    """The recipe's validated config with dtype `auto` resolved for this machine (printed: rl/models/precision.py)."""
     from rl.config import ConfigError, load_config
-    from rl.precision import resolve_precision
+    from rl.models.precision import resolve_precision
 
     try:
         return resolve_precision(load_config(args.recipe, args.overrides))
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "prepare-model":
-        from rl.models import EMBEDDED_MODELS, resolve_model_path
+        from rl.models.resolve import EMBEDDED_MODELS, resolve_model_path
 
         if args.name.lower() not in EMBEDDED_MODELS:
             print(f"rlvr: prepare-model {args.name!r}: not an embedded model; choose one of {list(EMBEDDED_MODELS)}",
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     if args.command == "merge":
-        from rl.merge import merge_models
+        from rl.models.merge import merge_models
 
         try:
             print(merge_models(args.models, args.w1, args.w2, args.out, args.force))
@@ -259,9 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     from rewards import RewardError
-    from rl.checkpoint import CheckpointError
+    from rl.train.checkpoint import CheckpointError
     from rl.config import ConfigError
-    from rl.trainer import Trainer
+    from rl.train.trainer import Trainer
 
     try:
         trainer = Trainer(cfg)  # all input checks; nothing expensive has started when one fails

@@ -8,7 +8,8 @@ from typing import Callable
 import ray
 import torch
 
-from rl.precision import detect
+from rl.cluster import gpus_per_actor
+from rl.models.precision import detect
 from rollout.adaptive import AdaptiveThinkingConfig
 from rollout.base import RolloutEngine, Sample, SamplingConfig
 from rollout.cure import CureConfig
@@ -22,7 +23,7 @@ ENGINES = {"vllm": "rollout.vllm_engine:VLLMEngine", "hf": "rollout.hf_engine:HF
 class RolloutConfig:
     engine: str = "vllm"  # vllm | hf (fallback)
     num_engines: int = 1
-    dtype: str = "auto"  # engine weights: auto (bfloat16 where the hardware has native bf16, else float32: rl/precision.py),
+    dtype: str = "auto"  # engine weights: auto (bfloat16 where the hardware has native bf16, else float32: rl/models/precision.py),
     # float32, bfloat16 or float16; the learner keeps its own dtype
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.5
@@ -93,12 +94,10 @@ class RolloutFleet:
         if cfg.engine not in ENGINES:
             raise ValueError(f"rollout.engine={cfg.engine!r}; choose one of {sorted(ENGINES)}")
         self.cfg, self.model_path = cfg, model_path
-        gpus = cfg.num_gpus_per_engine
-        if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        gpus = gpus_per_actor(cfg.num_gpus_per_engine)
         env = {} if gpus else cpu_env(cfg.num_threads, cfg.kv_cache_gib)
         self.options = dict(num_cpus=cfg.num_cpus_per_engine, num_gpus=gpus, runtime_env={"env_vars": env})
-        # (the driver resolves auto once, rl/precision.py; a config built in code may still hold it)
+        # (the driver resolves auto once, rl/models/precision.py; a config built in code may still hold it)
         self.kwargs = dict(dtype=detect()[0] if cfg.dtype == "auto" else cfg.dtype)
         if cfg.engine == "vllm":
             self.kwargs.update(

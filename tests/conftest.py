@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The data mirror of real public sets (rl/data_sources.py): $RLVR_DATA_DIR (the Makefile sets it to ../shared/data
+# The data mirror of real public sets (rl/data/sources.py): $RLVR_DATA_DIR (the Makefile sets it to ../shared/data
 # when that folder is beside the clone, as on this project's own machines and CI). A user's clone has none: the tests
 # of the real sets then skip, and nothing else needs it.
 if "RLVR_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
@@ -22,13 +22,13 @@ def requires_mirror(*files: str):
     where = (f"the data mirror {SHARED_DATA} has no {', '.join(missing)}" if os.environ.get("RLVR_DATA_DIR") else
              f"no data mirror: RLVR_DATA_DIR is unset and {SHARED_DATA} does not exist")
     return pytest.mark.skipif(bool(missing), reason=f"{where} (set RLVR_DATA_DIR to a folder of copies of the public "
-                                                    "sets, see rl/data_sources.py)")
+                                                    "sets, see rl/data/sources.py)")
 
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     """The real SmolLM2-135M-Instruct folder (converted once by `make setup`)."""
-    from rl.models import resolve_model_path
+    from rl.models.resolve import resolve_model_path
 
     return resolve_model_path("smollm2-135m-instruct")
 

@@ -22,7 +22,7 @@ def write_tiny_llama(folder: Path, seed: int = 0, hidden_size: int = 128) -> str
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from rl.models import resolve_model_path
+    from rl.models.resolve import resolve_model_path
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
     config = LlamaConfig(

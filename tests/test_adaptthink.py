@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from rewards.adaptthink import AdaptThink, adaptthink_value, thinking_blocks
-from rl.advantages import AdvantageConfig, compute_advantages
-from rl.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss
+from rl.core.advantages import AdvantageConfig, compute_advantages
+from rl.core.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss
 from rollout.adaptive import FORCED_LOGP, AdaptiveThinkingConfig, adaptive_rollout, is_nothinking
 from rollout.base import Sample, SamplingConfig
 from tests.char_tokenizer import CharTokenizer
@@ -141,8 +141,8 @@ def test_each_half_starts_with_its_forced_token_on_vllm(ray_cluster, tiny_model_
 @pytest.mark.integration
 def test_adaptthink_prepare_then_train_end_to_end(ray_cluster, tiny_model_path, tmp_path):
     from rl.config import load_config
-    from rl.prepare import adaptthink_prepare
-    from rl.trainer import train
+    from rl.prepare.sampling import adaptthink_prepare
+    from rl.train.trainer import train
     from tests.resume_harness import tiny_overrides
 
     r_ref = tmp_path / "r_ref.jsonl"

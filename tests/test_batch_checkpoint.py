@@ -7,8 +7,8 @@ import errno
 import pytest
 import torch
 
-from rl.batch import Batch
-from rl.checkpoint import (
+from rl.core.batch import Batch
+from rl.train.checkpoint import (
     CheckpointError, latest_checkpoint, list_checkpoints, load_trainer_state, rng_state, save_checkpoint, set_rng_state,
 )
 

@@ -81,7 +81,7 @@ def test_variant_recipes_extend_their_bases():
     assert cure.rollout.cure.enabled and cure.rollout.sampling.n * (1 + cure.rollout.cure.branches) == 8
 
 
-# -- dtype auto (rl/precision.py) -----------------------------------------------------------------------------------
+# -- dtype auto (rl/models/precision.py) -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("flags, gpu_bf16, expected", [
@@ -94,13 +94,13 @@ def test_variant_recipes_extend_their_bases():
     ({"avx512_bf16"}, False, "float32"),  # a GPU without bf16 (V100, T4)
 ])
 def test_auto_dtype_is_bfloat16_only_where_the_hardware_has_it(flags, gpu_bf16, expected):
-    from rl.precision import auto_dtype
+    from rl.models.precision import auto_dtype
 
     assert auto_dtype(flags, gpu_bf16) == expected
 
 
 def test_auto_is_the_default_and_resolves_once_for_both_keys(monkeypatch, capsys):
-    from rl import precision
+    from rl.models import precision
 
     cfg = load_config(None)
     assert (cfg.rollout.dtype, cfg.learner.mixed_precision) == ("auto", "auto")

@@ -57,7 +57,7 @@ def test_continuation_moves_the_prefix_into_the_prompt_and_keeps_the_length_limi
 
 
 def test_group_has_n1_plus_n1_n2_samples_with_masks_on_own_tokens():
-    from rl.batch import Batch
+    from rl.core.batch import Batch
 
     n1, n2 = 4, 3
     parents = [_sample([1, 2, 3], [10 + i, 11, 12, 13, 14]) for i in range(n1)]
@@ -85,7 +85,7 @@ def test_group_has_n1_plus_n1_n2_samples_with_masks_on_own_tokens():
 @pytest.mark.integration
 def test_cure_stage1_run_on_the_real_stack(ray_cluster, tiny_model_path, tmp_path):
     from rl.config import load_config
-    from rl.trainer import train
+    from rl.train.trainer import train
     from tests.resume_harness import tiny_overrides
 
     n1, n2, prompts = 2, 3, 2
@@ -109,7 +109,7 @@ def test_cure_stage1_run_on_the_real_stack(ray_cluster, tiny_model_path, tmp_pat
     assert len(steps) == 2 and all(m["cure/branched"] == 1.0 and m["cure/prefix_len"] >= 1 for m in steps)
     assert all(m["learner/loss"] == m["learner/loss"] for m in steps)  # finite, the update ran
     # stage 2 starts from this run: the run folder stands for its latest checkpoint's model
-    from rl.models import resolve_model_path
+    from rl.models.resolve import resolve_model_path
 
     assert resolve_model_path(str(tmp_path / "run")) == str((tmp_path / "run" / "checkpoints" / "step_000002" / "model").resolve())
     with pytest.raises(FileNotFoundError, match="without a complete checkpoint"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl.advantages import AdvantageConfig, compute_advantages
-from rl.dapo import informative_groups, overlong_penalty
+from rl.core.advantages import AdvantageConfig, compute_advantages
+from rl.core.dapo import informative_groups, overlong_penalty
 
 
 def test_overlong_penalty_golden_values():

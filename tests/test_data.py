@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rl.data import (ArithmeticConfig, DataConfig, DatasetConfig, FewShotExample, PromptSampler, arithmetic_problems,
-                     load_dataset_rows, load_prompts, prepare_prompts, preset, render_prompts)
-from rl.data_sources import DataUnavailable
+from rl.models.chat import render_prompts
+from rl.data.prompts import (ArithmeticConfig, DataConfig, DatasetConfig, FewShotExample, PromptSampler, arithmetic_problems,
+                     load_dataset_rows, load_prompts, prepare_prompts, preset)
+from rl.data.sources import DataUnavailable
 from tests.conftest import SHARED_DATA, requires_mirror
 
 GSM8K_TEST = str(SHARED_DATA / "gsm8k" / "test.jsonl")
@@ -217,7 +218,7 @@ def test_hub_names_go_to_load_dataset(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake)
     monkeypatch.delenv("RLVR_DATA_DIR", raising=False)  # no data mirror
-    monkeypatch.setattr("rl.data.hub_reachable", lambda: True)
+    monkeypatch.setattr("rl.data.prompts.hub_reachable", lambda: True)
     rows = load_dataset_rows(DatasetConfig(source="openai/gsm8k", subset="main", split="test", answer_after="####"),
                              DataConfig())
     assert calls == [("openai/gsm8k", "main", "test")] and rows[0]["answer"] == "7"
@@ -233,7 +234,7 @@ def _write_jsonl(path, rows):
 def test_a_data_mirror_is_looked_up_before_the_hub(tmp_path, monkeypatch):
     """Known sets by hub id map to the mirror's short-name files (aime_2024's hub split is train, its copy
     aime24/test.jsonl); any other hub id to a folder named like it; a relative file name to the mirror's file."""
-    monkeypatch.setattr("rl.data._load_hub", lambda ds, offline=False: pytest.fail(f"asked the hub for {ds.source}"))
+    monkeypatch.setattr("rl.data.prompts._load_hub", lambda ds, offline=False: pytest.fail(f"asked the hub for {ds.source}"))
     mirror = tmp_path / "mirror"
     _write_jsonl(mirror / "svamp" / "test.jsonl", [{"Body": "Sam has 3 apples.", "Question": "How many?", "Answer": 3.0}])
     _write_jsonl(mirror / "aime24" / "test.jsonl", [{"problem": "p", "answer": "204"}])
@@ -265,7 +266,7 @@ def test_a_set_with_no_mirror_copy_and_no_hub_is_named_with_the_fix(tmp_path, mo
         raise ConnectionError("Couldn't reach the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(datasets, "load_dataset", cache_only)
-    monkeypatch.setattr("rl.data.hub_reachable", lambda: False)
+    monkeypatch.setattr("rl.data.prompts.hub_reachable", lambda: False)
     monkeypatch.setenv("RLVR_DATA_DIR", str(tmp_path))  # an empty mirror
     with pytest.raises(DataUnavailable) as e:
         load_prompts(preset("gsm8k"), "eval_sets.gsm8k", DataConfig(), None)
@@ -280,7 +281,7 @@ def test_a_set_with_no_mirror_copy_and_no_hub_is_named_with_the_fix(tmp_path, mo
 
 
 def test_hub_reachability_is_a_quick_check(monkeypatch):
-    from rl.data_sources import hub_reachable
+    from rl.data.sources import hub_reachable
 
     hub_reachable.cache_clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -450,7 +451,7 @@ def test_sampler_refuses_a_state_from_other_data():
 
 
 def test_offset_and_limit_slice_one_file_into_train_and_held_out(tmp_path):
-    from rl.data import DataConfig, DatasetConfig, load_dataset_rows
+    from rl.data.prompts import DataConfig, DatasetConfig, load_dataset_rows
 
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(f'{{"q": "What is {i}+0?", "a": "{i}"}}\n' for i in range(10)))
@@ -463,7 +464,7 @@ def test_offset_and_limit_slice_one_file_into_train_and_held_out(tmp_path):
 
 
 def test_a_data_file_named_in_a_reward_is_found_in_the_mirror(tmp_path, monkeypatch):
-    from rl.data_sources import resolve_data_file
+    from rl.data.sources import resolve_data_file
 
     _write_jsonl(tmp_path / "knowrl" / "train.json", [{"question": "q", "answers": "a", "title": "t"}])
     monkeypatch.setenv("RLVR_DATA_DIR", str(tmp_path))
@@ -477,7 +478,7 @@ def test_a_data_file_named_in_a_reward_is_found_in_the_mirror(tmp_path, monkeypa
 
 
 def test_only_evaluation_sets_may_be_optional():
-    from rl.data import check_dataset_config
+    from rl.data.prompts import check_dataset_config
 
     check_dataset_config(DatasetConfig(optional=True), "eval_sets.svamp")
     with pytest.raises(ValueError, match="data.train.optional=true: a run cannot skip its training set"):

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from rl.batch import Batch
+from rl.core.batch import Batch
 from rl.config import ConfigError, load_config
-from rl.dph import DPHData, split_questions
-from rl.evaluate import pass_at_k, pass_at_k_values
+from rl.methods.dph import DPHData, split_questions
+from rl.eval.evaluate import pass_at_k, pass_at_k_values
 
 
 def _data() -> DPHData:
@@ -88,8 +88,8 @@ def test_pass_at_k_equals_brute_force():
 
 @pytest.mark.integration
 def test_prepare_then_train_with_the_divergence_term(ray_cluster, tiny_model_path, tmp_path):
-    from rl.dph import prepare
-    from rl.trainer import Trainer
+    from rl.methods.dph import prepare
+    from rl.train.trainer import Trainer
     from tests.resume_harness import tiny_overrides
 
     overrides = tiny_overrides(tiny_model_path, tmp_path / "run", steps=2) + [

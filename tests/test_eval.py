@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rl.data_sources import KNOWN_SETS
+from rl.data.sources import KNOWN_SETS
 from rollout.adaptive import AdaptiveThinkingConfig
 from rollout.base import Sample, SamplingConfig
 from tests.char_tokenizer import CharTokenizer
@@ -40,7 +40,7 @@ def test_budget_forcing_closes_open_blocks_and_then_answers():
 
 def test_eval_data_sets_resolve_and_bad_names_are_named(tmp_path):
     from rl.config import load_config
-    from rl.eval_cli import PRESETS, data_sets, summary_table
+    from rl.eval.cli import PRESETS, data_sets, summary_table
 
     cfg = load_config("recipes/quickstart.yaml", [])
     sets = data_sets(cfg, ["heldout", "svamp", "gsm8k"], limit=5)
@@ -58,8 +58,8 @@ def test_every_shared_set_loads_with_answers(shared, smollm2_path):
     from transformers import AutoTokenizer
 
     from rl.config import load_config
-    from rl.data import load_prompts
-    from rl.eval_cli import data_sets
+    from rl.data.prompts import load_prompts
+    from rl.eval.cli import data_sets
 
     cfg = load_config("recipes/quickstart.yaml", ["data.max_prompt_tokens=1024", "rollout.max_model_len=2048"])
     ds = data_sets(cfg, [shared], limit=3)[shared]
@@ -72,7 +72,7 @@ def test_every_shared_set_loads_with_answers(shared, smollm2_path):
 def test_rlvr_eval_equals_the_training_loops_evaluation(ray_cluster, tiny_model_path, tmp_path, capsys):
     from rl.cli import main
     from rl.config import load_config
-    from rl.trainer import train
+    from rl.train.trainer import train
     from tests.resume_harness import tiny_overrides
 
     run = tmp_path / "run"

@@ -24,7 +24,7 @@ def factual_overrides(model: str, out, steps: int = 2) -> list[str]:
 
 
 def test_knowrl_abstention_and_armed_run_and_armed_state_is_checkpointed(ray_cluster, tiny_model_path, tmp_path):
-    from rl.trainer import train
+    from rl.train.trainer import train
 
     run = tmp_path / "run"
     overrides = factual_overrides(tiny_model_path, run) + [
@@ -50,7 +50,7 @@ def test_knowrl_abstention_and_armed_run_and_armed_state_is_checkpointed(ray_clu
 
 
 def test_search_rollout_runs_with_the_ikea_reward(ray_cluster, tiny_model_path, tmp_path):
-    from rl.trainer import train
+    from rl.train.trainer import train
 
     run = tmp_path / "run"
     overrides = factual_overrides(tiny_model_path, run, steps=1) + [
@@ -64,7 +64,7 @@ def test_search_rollout_runs_with_the_ikea_reward(ray_cluster, tiny_model_path, 
 
 
 def test_ikea_and_klcf_prepare(ray_cluster, tiny_model_path, tmp_path):
-    from rl.prepare import ikea_prepare, klcf_prepare
+    from rl.prepare.sampling import ikea_prepare, klcf_prepare
 
     base = factual_overrides(tiny_model_path, tmp_path / "run") + ["data.train.limit=6"]
     cfg = load_config("recipes/factual_grpo_cpu.yaml", base)

@@ -126,7 +126,7 @@ def test_abstention_reward():
 
 
 def test_calibration_metrics_by_hand():
-    from rl.calibration import auroc, brier_score, calibration_metrics, expected_calibration_error
+    from rl.core.calibration import auroc, brier_score, calibration_metrics, expected_calibration_error
 
     conf, ok = [0.9, 0.9, 0.2, 0.6], [True, False, False, True]
     # bins of 0.1: {0.9: acc 0.5, conf 0.9, weight 0.5}, {0.2: acc 0, w 0.25}, {0.6: acc 1, w 0.25}

@@ -13,7 +13,8 @@ import torch
 
 from rewards import RewardError
 from rl.config import ConfigError, load_config, to_yaml
-from rl.trainer import Trainer, ray_init_kwargs
+from rl.cluster import ray_init_kwargs
+from rl.train.trainer import Trainer
 from rollout.base import SamplingConfig
 from rollout.fleet import RolloutConfig, RolloutFleet
 
@@ -148,9 +149,9 @@ def test_a_dead_learner_stops_the_run_with_where_to_resume_and_a_rerun_finishes(
 
 
 def test_learner_never_saves_non_finite_weights(tiny_model_path, tmp_path):
-    from rl.kl import KLConfig
-    from rl.learner import Learner, LearnerConfig
-    from rl.losses import PolicyLossConfig
+    from rl.core.kl import KLConfig
+    from rl.train.learner import Learner, LearnerConfig
+    from rl.core.losses import PolicyLossConfig
 
     learner = Learner(tiny_model_path, LearnerConfig(), PolicyLossConfig(), KLConfig(), total_steps=1,
                       max_response_tokens=8)

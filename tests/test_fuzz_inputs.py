@@ -42,8 +42,9 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from rl.config import Config, ConfigError, load_config
-from rl.data import DataConfig, DatasetConfig, load_dataset_rows, prepare_prompts, render_prompts
-from rl.models import EMBEDDED_MODELS, check_model_folder, resolve_model_path
+from rl.models.chat import render_prompts
+from rl.data.prompts import DataConfig, DatasetConfig, load_dataset_rows, prepare_prompts
+from rl.models.resolve import EMBEDDED_MODELS, check_model_folder, resolve_model_path
 
 SCALE = int(os.environ.get("RLVR_FUZZ_SCALE", "1"))  # RLVR_FUZZ_SCALE=20 for a long fuzzing session
 FIXTURE_OK = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -498,7 +499,7 @@ _TEMPLATE = st.lists(st.sampled_from(list("{}[].!:0 ax") + ["question", "answer"
 @settings(max_examples=60 * SCALE, deadline=None)
 @given(template=_TEMPLATE, answer_column=st.sampled_from(["answer", "num_ops", "question", "nope", ""]))
 def test_any_prompt_template_works_or_names_prompt_template(template, answer_column):
-    from rl.data import ArithmeticConfig
+    from rl.data.prompts import ArithmeticConfig
 
     data = DataConfig(arithmetic=ArithmeticConfig(num_train=3, num_eval=0))
     ds = DatasetConfig(source="arithmetic", prompt_template=template, answer_column=answer_column)
@@ -682,7 +683,7 @@ def test_the_trainer_fails_on_bad_input_before_starting_anything(smollm2_path, t
     """The errors above reach the user from Trainer(...) before the cluster, the engines or a model load."""
     import ray
 
-    from rl import trainer as trainer_mod
+    from rl.train import trainer as trainer_mod
 
     def refuse(*args, **kwargs):
         raise AssertionError("expensive work started before the bad input was reported")
@@ -818,7 +819,7 @@ def _bad_input_config(smollm2_path: str, tmp_path: Path, overrides: list[str]) -
 def _refuse_ray(monkeypatch):
     import ray
 
-    from rl import trainer as trainer_mod
+    from rl.train import trainer as trainer_mod
 
     def refuse(*args, **kwargs):
         raise AssertionError("expensive work started before the bad input was reported")
@@ -855,7 +856,7 @@ def test_a_context_longer_than_the_model_takes_fails_before_ray(smollm2_path, tm
 @pytest.fixture
 def offline(monkeypatch):
     """No hub (as on a machine without network): HF_HUB_OFFLINE=1 and the reachability check answers no."""
-    from rl import data_sources
+    from rl.data import sources as data_sources
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(data_sources, "hub_reachable", lambda: False)
@@ -895,7 +896,7 @@ def test_rlvr_eval_and_merge_say_what_train_says_for_a_missing_model(tmp_path, m
 def test_a_hub_id_the_hub_does_not_have_is_named(monkeypatch):
     import huggingface_hub
 
-    from rl import data_sources
+    from rl.data import sources as data_sources
 
     monkeypatch.setattr(data_sources, "hub_reachable", lambda: True)
     monkeypatch.setattr(huggingface_hub, "repo_exists", lambda repo, **kw: False)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from rl.entropy import entropy_from_logits, logprobs_from_logits, masked_mean
-from rl.kl import KL_ESTIMATORS, kl_penalized_rewards, kl_penalty
+from rl.core.entropy import entropy_from_logits, logprobs_from_logits, masked_mean
+from rl.core.kl import KL_ESTIMATORS, kl_penalized_rewards, kl_penalty
 
 LN2 = math.log(2)
 

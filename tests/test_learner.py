@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl.batch import Batch
-from rl.kl import KLConfig
-from rl.learner import Learner, LearnerConfig, OptimConfig
-from rl.losses import PolicyLossConfig
+from rl.core.batch import Batch
+from rl.core.kl import KLConfig
+from rl.train.learner import Learner, LearnerConfig, OptimConfig
+from rl.core.losses import PolicyLossConfig
 
 
 def make_batch(seed: int = 0) -> Batch:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rl.config import ConfigError, load_config
-from rl.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig, aggregate_loss, resolve_agg_mode
+from rl.core.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig, aggregate_loss, resolve_agg_mode
 
 
 def _loss(name, logp, old, adv, mask=None, **kw):

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from rl.cli import main
-from rl.merge import interpolate, merge_models
+from rl.models.merge import interpolate, merge_models
 from tests.resume_harness import write_tiny_llama
 
 

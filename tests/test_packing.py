@@ -1,4 +1,4 @@
-"""Shared-prompt packing (rl/packing.py): the layout by hand, and on a real (tiny) model the same log-probs, entropies
+"""Shared-prompt packing (rl/core/packing.py): the layout by hand, and on a real (tiny) model the same log-probs, entropies
 and update as the padded layout."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl.batch import Batch
-from rl.kl import KLConfig
-from rl.learner import Learner, LearnerConfig, OptimConfig
-from rl.losses import PolicyLossConfig
-from rl.packing import pack_shared_prompts
+from rl.core.batch import Batch
+from rl.core.kl import KLConfig
+from rl.train.learner import Learner, LearnerConfig, OptimConfig
+from rl.core.losses import PolicyLossConfig
+from rl.core.packing import pack_shared_prompts
 
 
 def test_rows_with_one_prompt_share_it_and_see_only_their_own_tokens():

@@ -1,4 +1,4 @@
-"""HICRA (rl/planning.py): the advantage boost (golden values, alpha = 0, the tensor really changes, input
+"""HICRA (rl/methods/hicra.py): the advantage boost (golden values, alpha = 0, the tensor really changes, input
 untouched), phrase matching, token character spans on the real SmolLM2 tokenizer, semantic entropy, strategic grams
 (the cluster-level document frequency with a stub embedder, then real all-MiniLM-L6-v2 embeddings) and the detector
 (masks, metrics, refit schedule, checkpoint state)."""
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl.planning import (
+from rl.methods.hicra import (
     DEFAULT_PHRASES, HicraConfig, MiniLMEmbedder, PlanningDetector, StrategicGrams, dense_mask, hicra_advantages,
     phrase_matches, phrase_spans, semantic_entropy, token_char_spans, tokens_in_spans, word_ngrams,
 )
@@ -222,7 +222,7 @@ def test_hicra_run_logs_its_metrics_and_checkpoints_its_grams(ray_cluster, tiny_
     import json
 
     from rl.config import load_config
-    from rl.trainer import train
+    from rl.train.trainer import train
     from tests.resume_harness import tiny_overrides
 
     overrides = tiny_overrides(tiny_model_path, tmp_path / "run", steps=2) + [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rl.config import ConfigError, load_config
-from rl.trainer import Trainer
+from rl.train.trainer import Trainer
 from tests.resume_harness import REPO, compare_runs, run_training, tiny_overrides, train_steps
 
 pytestmark = pytest.mark.integration

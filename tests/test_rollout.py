@@ -8,7 +8,7 @@ import pytest
 import ray
 import torch
 
-from rl.batch import Batch
+from rl.core.batch import Batch
 from rollout.base import SamplingConfig
 from rollout.fleet import RolloutConfig, RolloutFleet
 
@@ -57,7 +57,7 @@ def test_engine_logprobs_match_learner_recomputation(fleet, tiny_model_path):
     """The engine's sampled-token log-probs are the model's: a float32 HF forward gives the same numbers."""
     from transformers import AutoModelForCausalLM
 
-    from rl.entropy import logprobs_from_logits
+    from rl.core.entropy import logprobs_from_logits
 
     groups = fleet.generate(PROMPTS, SamplingConfig(n=2, temperature=1.0, max_tokens=10), seeds=[3, 4, 5])
     samples = [s for g in groups for s in g]

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from rl.divergences import F_DIVERGENCES, DivergenceConfig, f_divergence_loss
-from rl.kl import KLConfig
-from rl.learner import Learner, LearnerConfig, OptimConfig
-from rl.losses import PolicyLossConfig
-from rl.token_weights import (
+from rl.core.divergences import F_DIVERGENCES, DivergenceConfig, f_divergence_loss
+from rl.core.kl import KLConfig
+from rl.train.learner import Learner, LearnerConfig, OptimConfig
+from rl.core.losses import PolicyLossConfig
+from rl.core.token_weights import (
     TOKEN_WEIGHTS, TokenStats, TokenWeightConfig, entropy_threshold, steer_exponential_weights, steer_linear_weights,
     steer_magnitude, token_weights,
 )

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rl.config import load_config
-from rl.trainer import Trainer
+from rl.train.trainer import Trainer
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.integration

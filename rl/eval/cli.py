@@ -1,5 +1,5 @@
 """`rlvr eval`: a checkpoint, a run folder or any HF model folder on held-out data sets, with the training loop's
-evaluation code (rl/evaluate.py) on a vLLM rollout fleet.
+evaluation code (rl/eval/evaluate.py) on a vLLM rollout fleet.
 
     rlvr eval --model runs/quickstart --data svamp gsm8k --n 8 --limit 200
     rlvr eval recipes/adaptthink_cpu.yaml --model runs/adaptthink_cpu --data heldout --mode nothinking
@@ -8,7 +8,7 @@ evaluation code (rl/evaluate.py) on a vLLM rollout fleet.
 The recipe (default: the built-in defaults) gives the prompt format (instruction, system prompt, few-shot turns), the
 engine settings, the thinking tags and the sampling (rollout.eval_sampling; --n, --temperature, --max-tokens change
 it). Data sets: `heldout` (the recipe's data.eval), the recipe's eval_sets by name, the known public sets by name
-(rl/data_sources.py KNOWN_SETS: hub ids, the data mirror's files, the answer
+(rl/data/sources.py KNOWN_SETS: hub ids, the data mirror's files, the answer
 extraction each needs), or a file. Modes: `normal` (the prompt as it is), `think` (the thinking
 block opened, the model decides: reports the NoThinking rate), `nothinking` (the block prefilled as finished),
 `budget` (thinking cut at --budget tokens, then the answer). Writes OUT/<set>.jsonl (every sample) and OUT/summary.md,
@@ -23,11 +23,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from rl.data import DatasetConfig, preset
-from rl.data_sources import KNOWN_SETS
+from rl.data.prompts import DatasetConfig, preset
+from rl.data.sources import KNOWN_SETS
 
 PRESETS = tuple(KNOWN_SETS)  # the known public sets by short name, with the answer extraction each needs (their hub
-# ids, looked up in the data mirror first: rl/data_sources.py)
+# ids, looked up in the data mirror first: rl/data/sources.py)
 MODES = ("normal", "think", "nothinking", "budget")
 CONFIDENCE_INSTRUCTION = " After your answer, state how confident you are that it is correct as 'Confidence: N%'."
 
@@ -79,13 +79,12 @@ def summary_table(results: dict[str, dict[str, float]]) -> str:
 
 def run_eval(cfg, model: str | None, names: list[str], mode: str, out: Path, limit: int | None = None,
              budget: int | None = None, confidence: bool = False) -> dict[str, dict[str, float]]:
-    import ray
     from transformers import AutoTokenizer
 
-    from rl.data import load_prompts
-    from rl.evaluate import evaluate, write_records
-    from rl.models import check_context_length, resolve_model_path
-    from rl.trainer import ray_init_kwargs
+    from rl.data.prompts import load_prompts
+    from rl.eval.evaluate import evaluate, write_records
+    from rl.models.resolve import check_context_length, resolve_model_path
+    from rl.cluster import start_ray
     from rollout.fleet import RolloutFleet
 
     if mode not in MODES:
@@ -103,8 +102,7 @@ def run_eval(cfg, model: str | None, names: list[str], mode: str, out: Path, lim
     data = replace(cfg.data, instruction=cfg.data.instruction + (CONFIDENCE_INSTRUCTION if confidence else ""))
     sets = {name: load_prompts(ds, f"--data {name}", data, tokenizer)[:2] + (ds.grader,)
             for name, ds in data_sets(cfg, names, limit).items()}  # every set checked before an engine starts
-    if not ray.is_initialized():
-        ray.init(**ray_init_kwargs(cfg.ray))
+    start_ray(cfg.ray)
     fleet = RolloutFleet(cfg.rollout, model_path, seed=cfg.seed)
     results = {}
     try:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rl.embeddings import MiniLMEmbedder
+from rl.models.embeddings import MiniLMEmbedder
 
 PLANNING = ("phrases", "strategic_grams")
 DEFAULT_PHRASES = [

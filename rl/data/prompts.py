@@ -23,9 +23,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from rl.data_sources import (DataUnavailable, KNOWN_SETS, find_in_mirror, hub_reachable, known_set, mirror_dir,
+from rl.data.sources import (DataUnavailable, KNOWN_SETS, find_in_mirror, hub_reachable, known_set, mirror_dir,
                              unavailable_message)
-from rl.evaluate import GRADERS
+from rl.eval.evaluate import GRADERS
+from rl.models.chat import render_prompts
 
 # -- generated arithmetic word problems (the quickstart needs no download) ----------------------------------------
 
@@ -143,7 +144,7 @@ def arithmetic_problems(cfg: ArithmeticConfig, split: str) -> list[dict]:
 @dataclass
 class DatasetConfig:
     source: str = "arithmetic"  # "arithmetic" | a local .jsonl/.json/.parquet/.csv file or folder | a hub data set id
-    # (looked up in the data mirror first: rl/data_sources.py)
+    # (looked up in the data mirror first: rl/data/sources.py)
     split: str = "train"
     subset: str | None = None  # hub config name
     prompt_template: str = "{question}"  # str.format over the row's columns, e.g. "{Body} {Question}" (SVAMP)
@@ -157,7 +158,7 @@ class DatasetConfig:
 
 
 def preset(name: str) -> DatasetConfig:
-    """The DatasetConfig of a known public set by short name (rl/data_sources.py KNOWN_SETS): its hub id, subset,
+    """The DatasetConfig of a known public set by short name (rl/data/sources.py KNOWN_SETS): its hub id, subset,
     split and column mapping; knowrl's is its file, with the held-out tail (rows 2977-) that no recipe trains on."""
     ks = KNOWN_SETS[name]
     return DatasetConfig(source=ks.hub or ks.file, split=ks.split, subset=ks.subset, prompt_template=ks.prompt_template,
@@ -186,7 +187,7 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     mirror: str | None = None  # a local folder of data set copies, looked up before the hub (default: $RLVR_DATA_DIR;
-    # layout in rl/data_sources.py)
+    # layout in rl/data/sources.py)
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
 
 
@@ -577,38 +578,6 @@ def load_dataset_rows(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
     out = raw.add_column("__rlvr_prompt", prompts).add_column("__rlvr_answer", answers)
     out = out.remove_columns([c for c in ("prompt", "answer") if c in columns])
     return out.rename_columns({"__rlvr_prompt": "prompt", "__rlvr_answer": "answer"})
-
-
-# -- chat prompts -------------------------------------------------------------------------------------------------
-
-
-def render_prompts(tokenizer, user_texts: list[str], system_prompt: str | None,
-                   few_shot: Sequence[FewShotExample] = ()) -> list[list[int]]:
-    """Token ids of each user text wrapped in the tokenizer's chat template, after the system prompt and the few-shot
-    examples (earlier user/assistant turns), ready for the assistant's turn."""
-    name = getattr(tokenizer, "name_or_path", "") or "the model"
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"the tokenizer of {name} has no chat template; set one (add chat_template.jinja, or chat_template in "
-            "tokenizer_config.json, to the model.path folder, or set tokenizer.chat_template) or use an instruct "
-            "model that has one"
-        )
-    if not user_texts:
-        return []
-    head = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    for ex in few_shot:
-        head += [{"role": "user", "content": ex.user}, {"role": "assistant", "content": ex.assistant}]
-    conversations = [head + [{"role": "user", "content": t}] for t in user_texts]
-    try:
-        texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=True)
-    except Exception as e:  # a Jinja syntax error, or the template's own raise_exception(...)
-        hint = " or unset data.system_prompt (some templates take no system message)" if system_prompt else ""
-        raise ValueError(
-            f"the chat template of {name} failed ({type(e).__name__}: {e}); fix the template (chat_template.jinja "
-            f"or chat_template in tokenizer_config.json in the model.path folder){hint}"
-        ) from e
-    # the template writes the special tokens itself, as apply_chat_template(tokenize=True) does
-    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 def prepare_prompts(

@@ -26,24 +26,25 @@ from transformers import AutoTokenizer
 
 from rewards import RewardError, RewardManager, RewardOutput
 from rewards.answers import math_verify_reward
-from rl.advantages import compute_advantages
-from rl.batch import Batch
-from rl.checkpoint import (
+from rl.core.advantages import compute_advantages
+from rl.core.batch import Batch
+from rl.train.checkpoint import (
     CheckpointError, kill_point, latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state,
     write_atomic,
 )
 from rl.config import Config, ConfigError, config_changes, to_dict, to_yaml
-from rl.dapo import informative_groups, overlong_penalty
-from rl.dph import DPHData
-from rl.data import PromptSampler, load_prompts, sample_seed
-from rl.data_sources import MIRROR_ENV, DataUnavailable
-from rl.evaluate import evaluate, write_records
-from rl.kl import kl_penalized_rewards, kl_penalty
-from rl.learner import Learner
-from rl.metrics import StepTimer, Tracker
-from rl.models import check_context_length, resolve_model_path
-from rl.planning import PlanningDetector, dense_mask, hicra_advantages
-from rl.precision import resolve_precision
+from rl.core.dapo import informative_groups, overlong_penalty
+from rl.methods.dph import DPHData
+from rl.data.prompts import PromptSampler, load_prompts, sample_seed
+from rl.data.sources import MIRROR_ENV, DataUnavailable
+from rl.eval.evaluate import evaluate, write_records
+from rl.core.kl import kl_penalized_rewards, kl_penalty
+from rl.cluster import gpus_per_actor, start_ray
+from rl.train.learner import Learner
+from rl.train.metrics import StepTimer, Tracker
+from rl.models.resolve import check_context_length, resolve_model_path
+from rl.methods.hicra import PlanningDetector, dense_mask, hicra_advantages
+from rl.models.precision import resolve_precision
 from rewards.knowledge import PassageStore
 from rollout.adaptive import adaptive_rollout, free_rollout
 from rollout.base import Sample, SamplingConfig
@@ -52,18 +53,6 @@ from rollout.fleet import RolloutFleet
 from rollout.search import search_rollout
 
 CURE_KEY = 0xC0E  # seeds CURE's choice of critical tokens and its continuations apart from the first samples
-
-
-def ray_init_kwargs(rc) -> dict:
-    """ray.init arguments: the dashboard is off unless asked for, and then listens on ray.dashboard_host (loopback)."""
-    return dict(
-        address=rc.address,
-        num_cpus=rc.num_cpus if rc.address is None else None,
-        include_dashboard=rc.dashboard,
-        dashboard_host=rc.dashboard_host,
-        logging_level="WARNING",
-        log_to_driver=True,
-    )
 
 
 class Trainer:
@@ -214,11 +203,8 @@ class Trainer:
 
     def _start_cluster(self) -> None:
         cfg = self.cfg
-        if not ray.is_initialized():
-            ray.init(**ray_init_kwargs(cfg.ray))
-        gpus = cfg.learner.num_gpus
-        if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        start_ray(cfg.ray)
+        gpus = gpus_per_actor(cfg.learner.num_gpus)
         self.rewards.start()  # reward classes become Ray actors: a scorer that cannot start fails before the engines
         # the rollout engines start first: on a GPU node they take their share of memory before the learner
         self.fleet = RolloutFleet(cfg.rollout, self.model_path, seed=cfg.seed)
@@ -490,7 +476,7 @@ class Trainer:
         return metrics
 
     def boost_planning(self, batch: Batch, step: int) -> dict[str, float]:
-        """HICRA: A' = A + alpha |A| on the planning tokens of each response (rl/planning.py)."""
+        """HICRA: A' = A + alpha |A| on the planning tokens of each response (rl/methods/hicra.py)."""
         responses = [batch.input_ids[i][batch.response_mask[i] > 0].tolist() for i in range(len(batch))]
         flags, metrics = self.planning(None, responses, self.tokenizer, step)  # fitted on the decoded responses
         batch.advantages = hicra_advantages(batch.advantages, dense_mask(batch.response_mask, flags),

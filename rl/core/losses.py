@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rl.registry import Registry
+from rl.core.registry import Registry
 
 LOG_RATIO_CLAMP = 20.0  # |log rho| bound before exp, so a stale token cannot overflow the ratio
 

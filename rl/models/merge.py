@@ -106,7 +106,7 @@ def merge_models(models: Sequence[str], w1: float, w2: float | None, out: str | 
     """Write the merged actor of 2 or 3 models to `out` (atomically: a temporary folder, renamed when complete)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rl.models import resolve_model_path
+    from rl.models.resolve import resolve_model_path
 
     if len(models) not in (2, 3):
         raise ValueError(f"merge takes 2 or 3 models (instruct, reasoning[, base]); got {len(models)}")

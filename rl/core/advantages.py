@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from rl.registry import Registry
+from rl.core.registry import Registry
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The learner: an HF causal LM, AdamW and an LR schedule, updated by an algorithm-blind loop over micro-batches.
 
-What the loss is comes from the registries in rl/losses.py, rl/kl.py and rl/entropy.py; this file only feeds them.
+What the loss is comes from the registries in rl/core/losses.py, rl/core/kl.py and rl/core/entropy.py; this file only feeds them.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, get_scheduler
 
-from rl.batch import Batch
-from rl.divergences import DivergenceConfig, f_divergence_loss
-from rl.entropy import entropy_from_logits, logprobs_from_logits
-from rl.kl import KLConfig, kl_penalty
-from rl.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss, resolve_agg_mode
-from rl.packing import pack_shared_prompts
-from rl.token_weights import TokenStats, TokenWeightConfig, token_weights
+from rl.core.batch import Batch
+from rl.core.divergences import DivergenceConfig, f_divergence_loss
+from rl.core.entropy import entropy_from_logits, logprobs_from_logits
+from rl.core.kl import KLConfig, kl_penalty
+from rl.core.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss, resolve_agg_mode
+from rl.core.packing import pack_shared_prompts
+from rl.core.token_weights import TokenStats, TokenWeightConfig, token_weights
 
 ENTROPY_PERCENTILES = (10, 50, 90)
 
@@ -47,12 +47,12 @@ DTYPES = ("float32", "bfloat16", "float16")  # learner.dtype
 class LearnerConfig:
     dtype: str = "float32"  # master weights and optimizer state: one of DTYPES
     mixed_precision: str | None = None  # "bfloat16" / "float16": the decoder runs under autocast; None: off. A run's
-    # config defaults to "auto" (rl/config.py; bfloat16 where the hardware has native bf16, else off: rl/precision.py)
+    # config defaults to "auto" (rl/config.py; bfloat16 where the hardware has native bf16, else off: rl/models/precision.py)
     micro_batch_size: int = 8  # rows per forward/backward; does not change the gradient
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass
     gradient_checkpointing: bool = False
-    share_prompts: bool = True  # rows of a micro-batch with the same prompt read it once (rl/packing.py); the
+    share_prompts: bool = True  # rows of a micro-batch with the same prompt read it once (rl/core/packing.py); the
     # values are those of the padded layout, to rounding
     pack_max_tokens: int = 1024  # tokens per packed row (attention costs its square); a longer sample packs alone
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus -coef * H to each token's loss
@@ -84,7 +84,7 @@ class Learner:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         mixed = cfg.mixed_precision
         if mixed == "auto":  # a config built in code (the offline prepare steps), not resolved by the CLI or Trainer
-            from rl.precision import detect
+            from rl.models.precision import detect
 
             mixed = detect()[0]
         self.autocast_dtype = getattr(torch, mixed) if mixed and mixed != "float32" else None
@@ -120,7 +120,7 @@ class Learner:
 
         The decoder runs under autocast when learner.mixed_precision is set (master weights stay in learner.dtype);
         the output layer runs in learner.dtype and only at positions that predict a response token, which saves most of
-        the [B, T, vocab] logits. Rows that share a prompt go through the decoder packed (rl/packing.py).
+        the [B, T, vocab] logits. Rows that share a prompt go through the decoder packed (rl/core/packing.py).
         """
         ids = mb.input_ids
         rows, cols = torch.nonzero(mb.response_mask[:, 1:] > 0, as_tuple=True)  # position p predicts token p + 1

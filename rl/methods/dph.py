@@ -3,7 +3,7 @@ into the mastered set D_pef (at least `perfect_threshold` of the k samples corre
 correct samples on D_pef with their per-token log-probs under pi0 (so training needs no live reference model).
 
 Training then runs RL on D_exp only and adds `samples_per_step` of the stored samples to each step's batch, where the
-learner applies eta * f-divergence to them and no policy gradient (rl/divergences.py, Batch.divergence_mask).
+learner applies eta * f-divergence to them and no policy gradient (rl/core/divergences.py, Batch.divergence_mask).
 
 The folder `rlvr dph-prepare` writes (algorithm.divergence.data):
   split.json          the split (rows of the prepared training set), per-question accuracy, and what it was built from
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from rl.batch import Batch
+from rl.core.batch import Batch
 
 SPLIT, SAMPLES = "split.json", "samples.safetensors"
 
@@ -121,10 +121,10 @@ def prepare(cfg, chunk: int = 64) -> dict:
     algorithm.divergence.data. Returns the split statistics."""
     import ray
 
-    from rl.kl import KLConfig
-    from rl.learner import Learner
-    from rl.losses import PolicyLossConfig
-    from rl.prepare import sample_initial_policy
+    from rl.core.kl import KLConfig
+    from rl.train.learner import Learner
+    from rl.core.losses import PolicyLossConfig
+    from rl.prepare.sampling import sample_initial_policy
 
     dv = cfg.algorithm.divergence
     if dv.data is None:

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rl.registry import Registry
+from rl.core.registry import Registry
 
 LOG_RATIO_CLAMP = 20.0  # |x| bound before any estimator
 K3_CLAMP = 10.0  # |k3| bound: one token far from the reference cannot dominate the step

@@ -29,7 +29,7 @@ class Batch:
     divergence_mask: torch.Tensor | None = None  # [B] float, 1: a sample of the initial policy, for the divergence
     # term only (DPH-RL); 0: an RL sample, for the policy loss only
     prompt_lengths: torch.Tensor | None = None  # [B] long, tokens of each row's prompt (rows with equal prompts are
-    # packed with one copy of it: rl/packing.py); None: unknown, nothing is shared
+    # packed with one copy of it: rl/core/packing.py); None: unknown, nothing is shared
     prefix_lengths: torch.Tensor | None = None  # [B] long, CURE: tokens of the answer that sit in the prompt (a
     # continuation's reused prefix); they count in the answer's length but not in the loss
 

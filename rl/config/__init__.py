@@ -1,6 +1,6 @@
 """Typed configuration: one dataclass tree, loaded from a recipe YAML plus `key=value` overrides, validated at start.
 
-Each module owns the dataclass of its own knobs (rl/losses.py owns PolicyLossConfig, rollout/fleet.py owns
+Each module owns the dataclass of its own knobs (rl/core/losses.py owns PolicyLossConfig, rollout/fleet.py owns
 RolloutConfig, ...); this file only assembles them and checks what spans several of them.
 """
 
@@ -16,15 +16,15 @@ import yaml
 from omegaconf.errors import OmegaConfBaseException
 
 from rewards import RewardPolicyConfig, RewardSpec, check_spec
-from rl.advantages import ADVANTAGE_ESTIMATORS, WHITEN_LEVELS, AdvantageConfig
-from rl.divergences import F_DIVERGENCES, DivergenceConfig
-from rl.data import DataConfig, DatasetConfig, check_dataset_config, check_prompt_limits
-from rl.kl import KL_ESTIMATORS, KLConfig
-from rl.learner import DTYPES as LEARNER_DTYPES, SCHEDULES, LearnerConfig
-from rl.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig, resolve_agg_mode
-from rl.planning import PLANNING, HicraConfig
-from rl.token_weights import SCOPES, TOKEN_WEIGHTS, TokenWeightConfig
-from rl.precision import DTYPES
+from rl.core.advantages import ADVANTAGE_ESTIMATORS, WHITEN_LEVELS, AdvantageConfig
+from rl.core.divergences import F_DIVERGENCES, DivergenceConfig
+from rl.data.prompts import DataConfig, DatasetConfig, check_dataset_config, check_prompt_limits
+from rl.core.kl import KL_ESTIMATORS, KLConfig
+from rl.train.learner import DTYPES as LEARNER_DTYPES, SCHEDULES, LearnerConfig
+from rl.core.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig, resolve_agg_mode
+from rl.methods.hicra import PLANNING, HicraConfig
+from rl.core.token_weights import SCOPES, TOKEN_WEIGHTS, TokenWeightConfig
+from rl.models.precision import DTYPES
 from rollout.fleet import ENGINES, RolloutConfig, check_sampling
 
 
@@ -103,7 +103,7 @@ class Config:
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec(name="math_verify")])
     reward_policy: RewardPolicyConfig = field(default_factory=RewardPolicyConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(mixed_precision="auto"))  # rl/precision.py
+    learner: LearnerConfig = field(default_factory=lambda: LearnerConfig(mixed_precision="auto"))  # rl/models/precision.py
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rl.registry import Registry
+from rl.core.registry import Registry
 
 STEER_M_FLOOR = 0.02  # exponential mode: k = -ln(lambda_min) / max(max m, 0.02)
 P_CLAMP = 1e-8

@@ -64,7 +64,7 @@ def _hub_model(repo: str, key: str, missing: str) -> str:
     where the hub cannot be reached; else a FileNotFoundError that starts with `missing`."""
     import huggingface_hub
 
-    from rl.data_sources import hub_reachable
+    from rl.data.sources import hub_reachable
 
     fix = (f"fix the path, or use one of {list(EMBEDDED_MODELS)}; for a hub model, download it where the hub is "
            f"reachable (hf download {repo}) and give {key} its folder")
@@ -111,7 +111,7 @@ def check_context_length(model_path: str, max_model_len: int) -> None:
 def _checkpointed_model(p: Path, key: str = "model.path") -> Path:
     """A run folder stands for the model of its latest checkpoint, a checkpoint folder for its model/ (so a second
     stage, e.g. CURE stage 2, starts from `model.path=runs/cure_stage1`)."""
-    from rl.checkpoint import latest_checkpoint
+    from rl.train.checkpoint import latest_checkpoint
 
     if (p / "checkpoints").is_dir() and not (p / "config.json").exists():
         latest = latest_checkpoint(p / "checkpoints")

@@ -14,7 +14,7 @@ import datasets
 from rewards.answers import math_verify_reward
 from rewards.ikea import count_searches
 from rewards.qa import final_answer, grade_short_answer, parse_confidence
-from rl.calibration import calibration_metrics
+from rl.core.calibration import calibration_metrics
 from rollout.adaptive import is_nothinking
 from rollout.base import SamplingConfig
 

@@ -1,6 +1,6 @@
 """Offline steps that sample the starting model before training (one loop, three uses):
 
-- `rlvr dph-prepare` (rl/dph.py): pi0's correct samples and log-probs for DPH-RL's divergence term;
+- `rlvr dph-prepare` (rl/methods/dph.py): pi0's correct samples and log-probs for DPH-RL's divergence term;
 - `rlvr ikea-prepare`: IKEA's knowledge-boundary data: a question is *known* when any of k answers without search is
   correct (pass rate > 0), *unknown* when none is; the training file keeps both halves in equal numbers (1:1);
 - `rlvr adaptthink-prepare`: AdaptThink's R_ref, the starting model's accuracy per problem over k Thinking samples
@@ -36,22 +36,20 @@ def sample_initial_policy(cfg, k: int, desc: str, score: bool = True, chunk: int
     """The recipe's model answers every training question k times on a rollout fleet (the recipe's sampling, plain
     generation: no search, no CURE, unless `rollout(generate, tokenizer, prompts, sampling, seeds)` generates),
     seeded per question; with `score`, the recipe's rewards score every answer."""
-    import ray
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
     from rewards import RewardManager
-    from rl.data import load_prompts, sample_seed
-    from rl.models import resolve_model_path
-    from rl.trainer import ray_init_kwargs
+    from rl.data.prompts import load_prompts, sample_seed
+    from rl.models.resolve import resolve_model_path
+    from rl.cluster import start_ray
     from rollout.fleet import RolloutFleet
 
     model_path = resolve_model_path(cfg.model.path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows, prompts, _ = load_prompts(cfg.data.train, "data.train", cfg.data, tokenizer)
     rewards = RewardManager(cfg.rewards, cfg.reward_policy) if score else None
-    if not ray.is_initialized():
-        ray.init(**ray_init_kwargs(cfg.ray))
+    start_ray(cfg.ray)
     fleet = RolloutFleet(cfg.rollout, model_path, seed=cfg.seed)
     sampling = replace(cfg.rollout.sampling, n=k)
     groups, scores = [], []
@@ -94,7 +92,7 @@ def _source_row(rows, i: int) -> dict:
 def ikea_prepare(cfg, k: int, out: Path) -> dict:
     """Knowledge-boundary data for IKEA: pass rate over k answers without search (short-answer grading against the
     gold), known = pass rate > 0; both halves cut to the smaller one's size (seeded), shuffled; column `known`."""
-    from rl.evaluate import grade
+    from rl.eval.evaluate import grade
 
     s = sample_initial_policy(cfg, k, "ikea-prepare: sampling without search", score=False)
     passed = []

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rl.registry import Registry
+from rl.core.registry import Registry
 
 LOG_U_CLAMP = 20.0
 FORWARD_KL_CLAMP = 10.0
