@@ -19,9 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rl.core.batch import Batch  # noqa: E402
-from rl.core.kl import KLConfig  # noqa: E402
-from rl.train.learner import Learner, LearnerConfig, OptimConfig  # noqa: E402
-from rl.core.losses import PolicyLossConfig  # noqa: E402
+from rl.config.algorithm import KLConfig, PolicyLossConfig  # noqa: E402
+from rl.train.learner import Learner  # noqa: E402
+from rl.config.learner import LearnerConfig, OptimConfig  # noqa: E402
 
 
 def smollm2_architecture(folder: Path) -> str:

@@ -9,6 +9,7 @@ CPU runs here are deterministic, so any difference is a change of behaviour.
 
     python benchmarks/same_behaviour.py --base main~3 --head HEAD       # or --head WORKTREE (uncommitted changes)
     python benchmarks/same_behaviour.py --base A --head B --cases quickstart steer
+    python benchmarks/same_behaviour.py --base A --head /tmp/copy   # a copied tree (no .git), e.g. a snapshot
 
 The knowrl and ikea_search cases read the knowrl questions (a data mirror: RLVR_DATA_DIR, see README "Data").
 Each commit's records are kept under --runs (by commit id), so a second comparison against the same base does not
@@ -35,6 +36,9 @@ SMALL = [
     "learner.micro_batch_size=4", "trainer.eval_at_start=false", "trainer.eval_every=0", "data.eval=null",
     "eval_sets={}", "trainer.save_every=0", "trainer.keep_checkpoints=1", "logging.tensorboard=false",
     "logging.progress=false", "resume=none", "seed=0",
+    # one learner thread: with two, the same commit twice gave gradients that differ in the last bits now and then
+    # (a multi-threaded reduction whose order varies; 2 of 11 cases ran twice), which would hide a real difference
+    "learner.num_threads=1",
 ]
 ARITH = ["data.arithmetic.num_train=16"]
 FACTS = ["data.train.limit=16", "rollout.max_model_len=768"]
@@ -51,6 +55,10 @@ CASES: dict[str, tuple[str, list[str], list[str] | None]] = {
     "knowrl": ("knowrl_cpu.yaml", FACTS, None),
     "ikea_search": ("ikea_search_cpu.yaml", FACTS, None),
     "adaptthink": ("adaptthink_cpu.yaml", ARITH, ["adaptthink-prepare", "--k", "2"]),
+    # GRPO options that enter the loop as methods too: DAPO's filter and shaping, the KL penalty in the reward
+    "dapo": ("quickstart.yaml", ["algorithm.dynamic_sampling.enabled=true", "algorithm.overlong.buffer=16",
+                                 "algorithm.overlong.mask_truncated=true"], None),
+    "kl_in_reward": ("quickstart.yaml", ["algorithm.kl.coef=0.05", "algorithm.kl.in_reward=true"], None),
 }
 PREPARED = {"dph_forward_kl": "runs/same_behaviour_pi0", "adaptthink": "runs/adaptthink_cpu_data"}
 
@@ -63,6 +71,8 @@ def checkout(rev: str, runs: Path) -> tuple[str, Path]:
     """(commit id, a worktree of it); rev WORKTREE is this checkout as it is, uncommitted changes included."""
     if rev == "WORKTREE":
         return "WORKTREE", REPO
+    if Path(rev).is_dir() and not (Path(rev) / ".git").exists():  # a copy of a tree (e.g. rsync of a checkout)
+        return "TREE-" + Path(rev).name, Path(rev).absolute()
     commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
     tree = runs / "trees" / commit[:12]
     if not (tree / ".git").exists():
@@ -125,7 +135,7 @@ def run_case(name: str, tree: Path, out: Path) -> dict:
 def record_rev(rev: str, cases: list[str], runs: Path) -> tuple[str, dict]:
     commit, tree = checkout(rev, runs)
     store = runs / "records" / f"{commit[:12]}.json"
-    records = json.loads(store.read_text()) if store.exists() and commit != "WORKTREE" else {}
+    records = json.loads(store.read_text()) if store.exists() and commit[:4] not in ("WORK", "TREE") else {}
     for name in cases:
         if name in records:
             print(f"  {commit[:12]} {name}: recorded before", flush=True)
@@ -161,7 +171,7 @@ def main() -> None:
     p.add_argument("--base", required=True, help="the commit before the change")
     p.add_argument("--head", default="WORKTREE", help="the commit after it (WORKTREE: this checkout as it is)")
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    p.add_argument("--runs", type=Path, default=REPO / "runs" / "same_behaviour")
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / "same_behaviour_1t")  # records kept per SMALL
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "same_behaviour.md")
     a = p.parse_args()
     runs = a.runs.absolute()

@@ -10,10 +10,7 @@ logged.
 from rewards import answers as _builtins  # noqa: F401  (registers math_verify and format)
 from rewards import abstention, adaptthink, armed, ikea, klcf, knowrl  # noqa: F401, E401  (they register their rewards)
 from rewards.answers import answers_match, extract_answer
-from rewards.manager import (RewardActorConfig, RewardError, RewardFailure, RewardManager, RewardOutput,
-                             RewardPolicyConfig, RewardSpec, check_spec, known_rewards, load_reward)
-from rewards.registry import REWARDS
+from rewards.manager import RewardError, RewardFailure, RewardManager, RewardOutput, load_reward
 
-__all__ = ["REWARDS", "RewardActorConfig", "RewardError", "RewardFailure", "RewardManager", "RewardOutput",
-           "RewardPolicyConfig", "RewardSpec", "answers_match", "check_spec", "extract_answer", "known_rewards",
+__all__ = ["RewardError", "RewardFailure", "RewardManager", "RewardOutput", "answers_match", "extract_answer",
            "load_reward"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rewards.qa import DEFAULT_REFUSALS, final_answer, grade_short_answer, parse_confidence
-from rewards.registry import REWARDS
+from rl.core.registry import REWARDS
 
 
 @REWARDS.register("abstention")

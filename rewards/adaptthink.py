@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from rewards.answers import math_verify_reward
-from rewards.registry import REWARDS
+from rl.core.registry import REWARDS
 from rollout.adaptive import is_nothinking
 
 

@@ -15,7 +15,7 @@ import re
 from math_verify import parse, verify
 from sympy import E, Basic, Pow, exp, postorder_traversal
 
-from rewards.registry import REWARDS
+from rl.core.registry import REWARDS
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns on every call made without its signal timeout
 

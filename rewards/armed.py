@@ -17,7 +17,7 @@ import threading
 import numpy as np
 
 from rewards.qa import final_answer, grade_short_answer
-from rewards.registry import REWARDS
+from rl.core.registry import REWARDS
 
 
 def reshape(s: float, tau: float, k: float) -> float:

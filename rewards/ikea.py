@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from rewards.qa import answer_correct, tag_content
-from rewards.registry import REWARDS
+from rl.core.registry import REWARDS
 
 _INFO = re.compile(r"<information>.*?</information>", re.DOTALL)
 

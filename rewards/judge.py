@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rollout.base import SamplingConfig
+from rl.config.rollout import SamplingConfig
 
 JUDGE_PROMPT = (
     "Question: {question}\nReference answer(s): {gold}\nCandidate answer: {answer}\n\n"

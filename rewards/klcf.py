@@ -25,7 +25,7 @@ import numpy as np
 
 from rewards.knowrl import FactChecker, atomic_facts, page_titles
 from rewards.qa import DEFAULT_REFUSALS, final_answer, grade_short_answer
-from rewards.registry import REWARDS
+from rl.core.registry import REWARDS
 
 
 _TAG = re.compile(r"</?[a-z_]+>")

@@ -36,23 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from rl.config.rollout import KnowledgeConfig
 from rl.data.sources import resolve_data_file
+from rl.files import replace_folder_atomic
 
 FORMAT_VERSION = "1"
 RETRIEVERS = ("bm25", "dense")
-
-
-@dataclass
-class KnowledgeConfig:
-    """The `knowledge` config section: where passages come from and how they are retrieved."""
-
-    passages: str | None = None  # JSONL of {"title", "text"} rows
-    qa_data: str | None = None  # or a QA data set (question, answers, ';'-separated title) to derive passages from
-    retriever: str = "bm25"  # bm25 | dense
-    chunk_words: int = 120  # longer texts are split into chunks of at most this many words
-    k: int = 5  # passages returned by default
-    cache_dir: str | None = None  # None: $RLVR_CACHE/knowledge, else ~/.cache/rlvr/knowledge
-    embedding_model: str = "all-MiniLM-L6-v2"  # for retriever=dense
 
 
 @dataclass(frozen=True)
@@ -240,7 +229,7 @@ class PassageStore:
             else:
                 np.save(tmp / "embeddings.npy", self._emb)
             try:
-                tmp.rename(folder)
+                replace_folder_atomic(tmp, folder, overwrite=False)
             except OSError:
                 if not folder.is_dir():  # else another process finished the same index first: keep theirs
                     raise

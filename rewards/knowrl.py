@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rewards.qa import DEFAULT_REFUSALS, gold_aliases, grade_short_answer, tag_content
-from rewards.registry import REWARDS
+from rl.core.registry import REWARDS
 
 _FORMAT = re.compile(r"\s*<think>(?:(?!</?think>|</?answer>).)*</think>\s*<answer>(?:(?!</?think>|</?answer>).)*"
                      r"</answer>\s*", re.DOTALL)
@@ -160,7 +160,8 @@ class FactChecker:
 
     def __init__(self, knowledge: dict | None, verifier: str = "lexical", verifier_model: str | None = None,
                  support_threshold: float | None = None, top_k: int = 5, llm=None):
-        from rewards.knowledge import KnowledgeConfig, PassageStore
+        from rewards.knowledge import PassageStore
+        from rl.config.rollout import KnowledgeConfig
 
         if not knowledge:
             raise ValueError("the fact score needs kwargs.knowledge: {passages: a JSONL of {title, text}} or "

@@ -23,7 +23,6 @@ import difflib
 import functools
 import hashlib
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import os
@@ -39,31 +38,10 @@ from typing import Any, Callable
 
 import torch
 
-from rewards.registry import REWARDS
+from rl.config.rewards import RewardActorConfig, RewardPolicyConfig, RewardSpec, entry_points
+from rl.core.registry import REWARDS
 
 _NAN = float("nan")
-ENTRY_POINT_GROUP = "rlvr.rewards"
-
-
-@dataclass
-class RewardActorConfig:
-    """Resources of a class-based reward, which runs as Ray actors."""
-
-    replicas: int = 1  # actors; a batch is split into contiguous shards, one per actor; 0: one instance, in-process
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-
-
-@dataclass
-class RewardSpec:
-    name: str | None = None  # a built-in (math_verify, format, knowrl, ...) or an entry point of group rlvr.rewards
-    fn: str | None = None  # or "my_pkg.my_mod:my_reward" or "path/to/file.py:my_reward" (a function or a class)
-    weight: float = 1.0
-    kwargs: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the function / the class constructor
-    label: str | None = None  # name in the metrics; default: name or the function's __name__
-    per_sample: bool = False  # fn(prompt, completion, **row) -> value, called concurrently over the samples
-    max_concurrency: int = 16  # per_sample: calls in flight at once
-    actor: RewardActorConfig = field(default_factory=RewardActorConfig)  # a class: its Ray actors
 
 
 def _import_file(path: str, file: Path):
@@ -117,40 +95,12 @@ def _import_path(path: str) -> Callable:
     return fn
 
 
-def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
-    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-
-
-def known_rewards() -> list[str]:
-    """Built-in names and the names installed packages register under the `rlvr.rewards` entry point group."""
-    return sorted(set(REWARDS.names()) | set(_entry_points()))
-
-
-def check_spec(spec: RewardSpec, index: int = 0) -> None:
-    """The checks that need no import; a ValueError naming rewards[index]."""
-    where = f"rewards[{index}]"
-    if (spec.name is None) == (spec.fn is None):
-        raise ValueError(f"{where}: give exactly one of name (a built-in) or fn (a dotted path)")
-    if not isinstance(spec.kwargs, Mapping):
-        raise ValueError(f"{where}.kwargs must be a mapping, got {type(spec.kwargs).__name__}")
-    if isinstance(spec.weight, bool) or not isinstance(spec.weight, (int, float)) or not isfinite(spec.weight):
-        raise ValueError(f"{where}.weight must be a finite number, got {spec.weight!r}")
-    if not (isinstance(spec.max_concurrency, int) and spec.max_concurrency >= 1):
-        raise ValueError(f"{where}.max_concurrency must be an integer >= 1, got {spec.max_concurrency!r}")
-    a = spec.actor
-    if not (a.replicas >= 0 and a.num_cpus >= 0 and a.num_gpus >= 0):
-        raise ValueError(f"{where}.actor: replicas, num_cpus and num_gpus must be >= 0, got {a}")
-    if spec.name is not None and spec.name not in REWARDS and spec.name not in _entry_points():
-        raise ValueError(f"{where}.name: unknown reward {spec.name!r}; choose one of: {', '.join(known_rewards())}, "
-                         "or use fn: my_pkg.my_mod:my_fn")
-
-
 def _resolve(spec: RewardSpec) -> Callable:
     if spec.fn is not None:
         return _import_path(spec.fn)
     if spec.name in REWARDS:
         return REWARDS.get(spec.name)
-    ep = _entry_points()[spec.name]
+    ep = entry_points()[spec.name]
     try:
         fn = ep.load()
     except Exception as e:
@@ -163,7 +113,7 @@ def _resolve(spec: RewardSpec) -> Callable:
 def load_reward(spec: RewardSpec, index: int = 0) -> tuple[str, Callable]:
     """(label, scorer) for one spec: a callable `scorer(prompts, completions, columns) -> list of values`.
     A ValueError naming rewards[index] if the spec is wrong; a class's actors start on the first call."""
-    check_spec(spec, index)
+    spec.check(f"rewards[{index}]")
     try:
         fn = _resolve(spec)
     except ValueError as e:
@@ -398,15 +348,6 @@ class ActorScorer:
 
 
 # -- running them --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RewardPolicyConfig:
-    """What happens when a reward function misbehaves (raises, hangs, returns NaN/inf/a non-number/the wrong count)."""
-
-    on_error: str = "fail"  # fail: stop, showing the reward, prompt, completion, traceback | skip: drop the sample
-    timeout_s: float | None = 300.0  # per call of one function on one step's samples; null: no limit
-    max_skip_frac: float = 0.5  # skip: stop anyway when more than this fraction of a step's samples is dropped
 
 
 class RewardError(RuntimeError):

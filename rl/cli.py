@@ -101,8 +101,10 @@ def _prepare(command: str, cfg, args) -> None:
     """The offline steps; a ValueError is a stated problem (exit 2)."""
     from pathlib import Path
 
-    from rl.methods.dph import prepare
-    from rl.prepare.sampling import adaptthink_prepare, ikea_prepare, klcf_prepare
+    from rl.prepare.adaptthink import adaptthink_prepare
+    from rl.prepare.dph import prepare
+    from rl.prepare.ikea import ikea_prepare
+    from rl.prepare.klcf import klcf_prepare
 
     try:
         if command == "dph-prepare":

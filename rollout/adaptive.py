@@ -19,27 +19,15 @@ and close_tag: "</think>"; for other models, a tag pair taught through the promp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
-from rollout.base import Sample, SamplingConfig, continuation_seed
+from rl.config.rollout import AdaptiveThinkingConfig, SamplingConfig
+from rollout.base import Sample, continuation_seed
 
 FORCED_LOGP = math.log(0.5)  # the cold start's importance-sampling probability of either mode
-
-
-@dataclass
-class AdaptiveThinkingConfig:
-    enabled: bool = False
-    forced_modes: bool = True  # AdaptThink: half NoThinking, half Thinking; false: the block opened, the model
-    # chooses (plain GRPO on the same format, AdaptThink's baseline)
-    open_tag: str = "<think>"
-    close_tag: str = "</think>"  # NoThinking: the first generated token(s) end the thinking block
-    thinking_prefix: str = "Okay"  # Thinking: the first token(s), a normal word
-    append_open_tag: bool = True  # add open_tag to every prompt (false when the chat template ends with it)
-    nothinking_max_tokens: int = 256
-    thinking_max_tokens: int = 1024
 
 
 def mode_seed(seed: int, mode: int) -> int:

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-
-@dataclass
-class SamplingConfig:
-    n: int = 8  # samples per prompt (the GRPO group size)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1  # -1: off
-    max_tokens: int = 256
-    stop: list[str] = field(default_factory=list)  # stop strings, kept at the end of the text (a tool call's tag)
+from rl.config.rollout import SamplingConfig
 
 
 @dataclass
@@ -52,3 +44,13 @@ class RolloutEngine(ABC):
 def continuation_seed(seed: int, sample: int, turn: int) -> int:
     """The seed of a sample's continuation in a later turn (search results, a forced answer), from its prompt's seed."""
     return int(np.random.SeedSequence([seed, sample, turn]).generate_state(1)[0])
+
+
+def group_slices(groups: list[list]) -> list[slice]:
+    """Where each group's items lie once the groups are flattened in order: scores of the flat samples of
+    `generate`'s groups are split back per prompt with `[scores.select(s) for s in group_slices(groups)]`."""
+    out, lo = [], 0
+    for g in groups:
+        out.append(slice(lo, lo + len(g)))
+        lo += len(g)
+    return out

@@ -12,20 +12,13 @@ These functions are pure (token lists, entropies, a numpy Generator); the traine
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
+from rl.config.rollout import CureConfig
 from rollout.base import Sample
-
-
-@dataclass
-class CureConfig:
-    enabled: bool = False  # on: each group is rollout.sampling.n responses + n * branches continuations
-    branches: int = 3  # n2: continuations sampled from each response's critical prefix
-    top_entropy: int = 20  # the critical position is drawn uniformly from this many highest-entropy positions
-    min_token_chars: int = 2  # a token whose stripped text is shorter is never critical
 
 
 def critical_position(

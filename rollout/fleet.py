@@ -2,62 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import ray
 import torch
 
 from rl.cluster import gpus_per_actor
+from rl.config.rollout import ENGINES, RolloutConfig, SamplingConfig
 from rl.models.precision import detect
-from rollout.adaptive import AdaptiveThinkingConfig
-from rollout.base import RolloutEngine, Sample, SamplingConfig
-from rollout.cure import CureConfig
-from rollout.search import SearchConfig
+from rollout.base import RolloutEngine, Sample
 from rollout.vllm_engine import cpu_env
-
-ENGINES = {"vllm": "rollout.vllm_engine:VLLMEngine", "hf": "rollout.hf_engine:HFEngine"}
-
-
-@dataclass
-class RolloutConfig:
-    engine: str = "vllm"  # vllm | hf (fallback)
-    num_engines: int = 1
-    dtype: str = "auto"  # engine weights: auto (bfloat16 where the hardware has native bf16, else float32: rl/models/precision.py),
-    # float32, bfloat16 or float16; the learner keeps its own dtype
-    max_model_len: int = 1024
-    gpu_memory_utilization: float = 0.5
-    enforce_eager: bool = True
-    kv_cache_gib: int = 2  # CPU only
-    num_cpus_per_engine: float = 0.5  # Ray scheduling; threads are set by num_threads
-    num_gpus_per_engine: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    num_threads: int | None = None  # CPU threads of each engine; None: all cores of its node
-    max_engine_restarts: int = 3  # replacements of dead engines within one generate/sync call before giving up
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=1, temperature=0.0, max_tokens=256))
-    cure: CureConfig = field(default_factory=CureConfig)  # branch responses at critical tokens (CURE stage 1)
-    search: SearchConfig = field(default_factory=SearchConfig)  # multi-turn: <search> calls a retriever (IKEA)
-    adaptive_thinking: AdaptiveThinkingConfig = field(default_factory=AdaptiveThinkingConfig)  # AdaptThink's
-    # forced modes: half of each group starts by closing the thinking block (NoThinking), half by thinking
-
-
-def check_sampling(s: SamplingConfig, key: str, prompt_tokens: int, max_model_len: int) -> None:
-    """A ValueError naming `key` (rollout.sampling or rollout.eval_sampling) and the fix, for values an engine would
-    refuse or misread only once it runs."""
-    checks = [
-        (s.n >= 1, f"{key}.n={s.n}: must be >= 1"),
-        (s.max_tokens >= 1, f"{key}.max_tokens={s.max_tokens}: must be >= 1"),
-        (s.temperature >= 0, f"{key}.temperature={s.temperature}: must be >= 0 (0: greedy)"),
-        (0 < s.top_p <= 1, f"{key}.top_p={s.top_p}: must be in (0, 1] (1: off)"),
-        (s.top_k == -1 or s.top_k >= 1, f"{key}.top_k={s.top_k}: must be -1 (off) or >= 1"),
-        (prompt_tokens + s.max_tokens <= max_model_len,
-         f"data.max_prompt_tokens ({prompt_tokens}) + {key}.max_tokens ({s.max_tokens}) exceeds rollout.max_model_len "
-         f"({max_model_len}); raise it or shorten one"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-
 
 def _import(path: str):
     module, name = path.split(":")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rollout.base import RolloutEngine, Sample, SamplingConfig
+from rollout.base import RolloutEngine, Sample
+from rl.config.rollout import SamplingConfig
 
 
 class HFEngine(RolloutEngine):

@@ -14,24 +14,15 @@ them out of the loss (0), as they are not the model's. Their log-probs are 0 (th
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable
 
-from rewards.knowledge import KnowledgeConfig
-from rollout.base import Sample, SamplingConfig, continuation_seed
+from rl.config.rollout import SamplingConfig, SearchConfig
+from rollout.base import Sample, continuation_seed
 
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 _QUERY = re.compile(r"<search>(.*?)</search>\s*", re.DOTALL)
 LIMIT_REACHED = "\n<information>No more searches: answer now.</information>\n"
-
-
-@dataclass
-class SearchConfig:
-    enabled: bool = False
-    max_searches: int = 3  # IKEA: at most 3 retrieval turns
-    top_k: int = 3  # passages per search
-    max_passage_words: int = 60  # each passage is cut to this many words
-    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)  # what is searched
 
 
 def information_block(passages: list[str], max_words: int) -> str:

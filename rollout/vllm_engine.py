@@ -6,7 +6,8 @@ import os
 
 import torch
 
-from rollout.base import RolloutEngine, Sample, SamplingConfig
+from rollout.base import RolloutEngine, Sample
+from rl.config.rollout import SamplingConfig
 
 # In-process engine core, both cores for OpenMP, a 2 GiB KV cache: what runs best on a small CPU machine.
 CPU_ENV = {

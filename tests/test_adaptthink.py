@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from rewards.adaptthink import AdaptThink, adaptthink_value, thinking_blocks
-from rl.core.advantages import AdvantageConfig, compute_advantages
-from rl.core.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss
-from rollout.adaptive import FORCED_LOGP, AdaptiveThinkingConfig, adaptive_rollout, is_nothinking
-from rollout.base import Sample, SamplingConfig
+from rl.core.advantages import compute_advantages
+from rl.config.algorithm import AdvantageConfig, PolicyLossConfig
+from rl.core.losses import POLICY_LOSSES, aggregate_loss
+from rollout.adaptive import FORCED_LOGP, adaptive_rollout, is_nothinking
+from rl.config.rollout import AdaptiveThinkingConfig, SamplingConfig
+from rollout.base import Sample
 from tests.char_tokenizer import CharTokenizer
 
 
@@ -115,7 +117,8 @@ def test_adaptive_thinking_config_is_checked():
 def test_each_half_starts_with_its_forced_token_on_vllm(ray_cluster, tiny_model_path):
     from transformers import AutoTokenizer
 
-    from rollout.fleet import RolloutConfig, RolloutFleet
+    from rollout.fleet import RolloutFleet
+    from rl.config.rollout import RolloutConfig
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
     cfg = AdaptiveThinkingConfig(enabled=True, thinking_prefix="First", nothinking_max_tokens=12, thinking_max_tokens=16)
@@ -141,7 +144,7 @@ def test_each_half_starts_with_its_forced_token_on_vllm(ray_cluster, tiny_model_
 @pytest.mark.integration
 def test_adaptthink_prepare_then_train_end_to_end(ray_cluster, tiny_model_path, tmp_path):
     from rl.config import load_config
-    from rl.prepare.sampling import adaptthink_prepare
+    from rl.prepare.adaptthink import adaptthink_prepare
     from rl.train.trainer import train
     from tests.resume_harness import tiny_overrides
 

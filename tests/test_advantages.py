@@ -10,7 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rl.core.advantages import ADVANTAGE_ESTIMATORS, AdvantageConfig, compute_advantages, group_stats
+from rl.core.advantages import ADVANTAGE_ESTIMATORS, compute_advantages, group_stats
+from rl.config.algorithm import AdvantageConfig
 from rl.config import ConfigError, load_config
 
 # group 7: samples 0, 2, 3, 5 (rewards 1, .5, 0, 1; mean .625); group 2: samples 1, 4 (rewards 0, 2; mean 1);

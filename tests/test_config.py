@@ -160,3 +160,65 @@ def test_relative_input_paths_resolve_against_the_recipe_folder(tmp_path, monkey
         "data/train.jsonl"
     monkeypatch.chdir(folder)  # run from the recipe's folder: nothing to rewrite
     assert load_config("recipe.yaml").data.train.source == "data/train.jsonl"
+
+
+# -- the config package is a leaf ------------------------------------------------------------------------------------
+
+HEAVY = ("torch", "ray", "vllm", "transformers", "datasets", "sklearn")
+
+
+def test_the_config_command_imports_no_heavy_package():
+    """`rlvr config` reads, checks and prints a recipe (and resolves auto precision on a CPU) without torch & co."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "rl.cli", "config", "recipes/quickstart.yaml"],
+                         cwd=root, capture_output=True, text=True, check=True)
+    assert "name: quickstart" in out.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "omegaconf" in imported and "rl" in imported  # the import log is read
+    assert not set(HEAVY) & imported, sorted(set(HEAVY) & imported)
+
+
+def test_harmless_keys_on_resume_come_from_field_metadata():
+    """The keys that may change on resume are the fields marked {"resume": "any"}: the same set as the list kept by
+    hand before (a section or mapping key covers all keys below it)."""
+    from rl.config import config_changes, harmless_on_resume, to_dict
+
+    assert set(harmless_on_resume()) == {
+        "name", "output_dir", "resume", "resume_force", "logging", "ray", "eval_sets", "data.eval", "data.mirror",
+        "data.train.optional", "trainer.total_steps", "trainer.eval_every", "trainer.eval_at_start",
+        "trainer.save_every", "trainer.keep_checkpoints", "trainer.print_samples", "trainer.max_bad_steps",
+        "rollout.eval_sampling", "rollout.num_engines", "rollout.num_cpus_per_engine", "rollout.num_gpus_per_engine",
+        "rollout.num_threads", "rollout.gpu_memory_utilization", "rollout.kv_cache_gib", "rollout.max_engine_restarts",
+        "learner.num_cpus", "learner.num_gpus", "learner.num_threads", "learner.micro_batch_size",
+        "learner.gradient_checkpointing", "learner.share_prompts", "learner.pack_max_tokens", "reward_policy.timeout_s",
+        "rollout.dtype", "learner.mixed_precision"}
+    old = to_dict(load_config("recipes/quickstart.yaml"))
+    new = to_dict(load_config("recipes/quickstart.yaml", [
+        "logging.wandb=true", "eval_sets={}", "data.eval.limit=3", "rollout.eval_sampling.n=4", "trainer.save_every=5",
+        "learner.optim.lr=1e-3", "data.train.limit=5", "rollout.sampling.n=4", "trainer.prompts_per_step=2"]))
+    harmful, harmless = config_changes(old, new)
+    assert [h.split(":")[0] for h in harmful] == ["data.train.limit", "learner.optim.lr", "rollout.sampling.n",
+                                                  "trainer.prompts_per_step"]
+    keys = {h.split(":")[0] for h in harmless}
+    assert {k for k in keys if not k.startswith("eval_sets")} == {"logging.wandb", "data.eval.limit",
+                                                                  "rollout.eval_sampling.n", "trainer.save_every"}
+    assert "eval_sets" in keys and "eval_sets.svamp.source" in keys  # {} on one side, svamp's keys on the other
+
+
+def test_a_key_added_after_the_checkpoint_is_harmless_only_at_its_default():
+    import copy
+
+    from rl.config import config_changes, to_dict
+
+    new = to_dict(load_config(None))
+    old = copy.deepcopy(new)
+    del old["algorithm"]["length_penalty"]  # a checkpoint written before the section existed
+    harmful, harmless = config_changes(old, new)
+    assert harmful == [] and any(h.startswith("algorithm.length_penalty.coef") for h in harmless)
+    new["algorithm"]["length_penalty"]["coef"] = 0.5  # turned on: the run computes something else now
+    harmful, _ = config_changes(old, new)
+    assert harmful == ["algorithm.length_penalty.coef: '<unset>' -> 0.5"]

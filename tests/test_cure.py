@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rollout.base import Sample
-from rollout.cure import CureConfig, assemble_group, branch_prompt, continuation, critical_position
+from rollout.cure import assemble_group, branch_prompt, continuation, critical_position
+from rl.config.rollout import CureConfig
 
 TEXTS = ["The", " answer", " is", " ", "4", "2", ".", " Done"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl.core.advantages import AdvantageConfig, compute_advantages
+from rl.core.advantages import compute_advantages
+from rl.config.algorithm import AdvantageConfig
 from rl.core.dapo import informative_groups, overlong_penalty
 
 

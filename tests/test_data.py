@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rl.models.chat import render_prompts
-from rl.data.prompts import (ArithmeticConfig, DataConfig, DatasetConfig, FewShotExample, PromptSampler, arithmetic_problems,
-                     load_dataset_rows, load_prompts, prepare_prompts, preset)
+from rl.data.prompts import PromptSampler, arithmetic_problems, load_dataset_rows, load_prompts, prepare_prompts, preset
+from rl.config.data import ArithmeticConfig, DataConfig, DatasetConfig, FewShotExample
 from rl.data.sources import DataUnavailable
 from tests.conftest import SHARED_DATA, requires_mirror
 
@@ -451,7 +451,8 @@ def test_sampler_refuses_a_state_from_other_data():
 
 
 def test_offset_and_limit_slice_one_file_into_train_and_held_out(tmp_path):
-    from rl.data.prompts import DataConfig, DatasetConfig, load_dataset_rows
+    from rl.data.prompts import load_dataset_rows
+    from rl.config.data import DataConfig, DatasetConfig
 
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(f'{{"q": "What is {i}+0?", "a": "{i}"}}\n' for i in range(10)))
@@ -478,7 +479,7 @@ def test_a_data_file_named_in_a_reward_is_found_in_the_mirror(tmp_path, monkeypa
 
 
 def test_only_evaluation_sets_may_be_optional():
-    from rl.data.prompts import check_dataset_config
+    from rl.config.data import check_dataset_config
 
     check_dataset_config(DatasetConfig(optional=True), "eval_sets.svamp")
     with pytest.raises(ValueError, match="data.train.optional=true: a run cannot skip its training set"):

@@ -10,7 +10,8 @@ import torch
 
 from rl.core.batch import Batch
 from rl.config import ConfigError, load_config
-from rl.methods.dph import DPHData, split_questions
+from rl.methods.dph import DPHData
+from rl.prepare.dph import split_questions
 from rl.eval.evaluate import pass_at_k, pass_at_k_values
 
 
@@ -88,7 +89,7 @@ def test_pass_at_k_equals_brute_force():
 
 @pytest.mark.integration
 def test_prepare_then_train_with_the_divergence_term(ray_cluster, tiny_model_path, tmp_path):
-    from rl.methods.dph import prepare
+    from rl.prepare.dph import prepare
     from rl.train.trainer import Trainer
     from tests.resume_harness import tiny_overrides
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from rl.data.sources import KNOWN_SETS
-from rollout.adaptive import AdaptiveThinkingConfig
-from rollout.base import Sample, SamplingConfig
+from rl.config.rollout import AdaptiveThinkingConfig, SamplingConfig
+from rollout.base import Sample
 from tests.char_tokenizer import CharTokenizer
 from tests.conftest import requires_mirror
 

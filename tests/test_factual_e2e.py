@@ -64,7 +64,8 @@ def test_search_rollout_runs_with_the_ikea_reward(ray_cluster, tiny_model_path, 
 
 
 def test_ikea_and_klcf_prepare(ray_cluster, tiny_model_path, tmp_path):
-    from rl.prepare.sampling import ikea_prepare, klcf_prepare
+    from rl.prepare.ikea import ikea_prepare
+    from rl.prepare.klcf import klcf_prepare
 
     base = factual_overrides(tiny_model_path, tmp_path / "run") + ["data.train.limit=6"]
     cfg = load_config("recipes/factual_grpo_cpu.yaml", base)
@@ -82,7 +83,8 @@ def test_knowrl_with_an_llm_judge_verifier_and_extractor_in_a_ray_actor(ray_clus
     """judge=llm, verifier=llm, fact_extraction=llm: one vLLM engine in the reward's own Ray actor. The tiny model's
     verdicts are noise; what is checked is that the path runs and every reward is defined. String matching still
     decides what it can (a correct answer never reaches the judge)."""
-    from rewards import RewardActorConfig, RewardManager, RewardSpec
+    from rewards import RewardManager
+    from rl.config.rewards import RewardActorConfig, RewardSpec
 
     spec = RewardSpec(name="knowrl", actor=RewardActorConfig(replicas=1, num_cpus=0), kwargs={
         "knowledge": {"passages": "tests/data/knowledge_fixture.jsonl", "cache_dir": str(tmp_path)},

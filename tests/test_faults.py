@@ -15,8 +15,8 @@ from rewards import RewardError
 from rl.config import ConfigError, load_config, to_yaml
 from rl.cluster import ray_init_kwargs
 from rl.train.trainer import Trainer
-from rollout.base import SamplingConfig
-from rollout.fleet import RolloutConfig, RolloutFleet
+from rl.config.rollout import RolloutConfig, SamplingConfig
+from rollout.fleet import RolloutFleet
 
 pytestmark = pytest.mark.integration
 
@@ -149,9 +149,9 @@ def test_a_dead_learner_stops_the_run_with_where_to_resume_and_a_rerun_finishes(
 
 
 def test_learner_never_saves_non_finite_weights(tiny_model_path, tmp_path):
-    from rl.core.kl import KLConfig
-    from rl.train.learner import Learner, LearnerConfig
-    from rl.core.losses import PolicyLossConfig
+    from rl.config.algorithm import KLConfig, PolicyLossConfig
+    from rl.train.learner import Learner
+    from rl.config.learner import LearnerConfig
 
     learner = Learner(tiny_model_path, LearnerConfig(), PolicyLossConfig(), KLConfig(), total_steps=1,
                       max_response_tokens=8)
@@ -179,7 +179,7 @@ def test_secrets_stay_out_of_saved_configs():
 
 
 def test_ray_dashboard_is_off_or_on_loopback(tmp_path):
-    from rl.config import RayConfig
+    from rl.config.run import RayConfig
 
     assert ray_init_kwargs(RayConfig()) | {} == ray_init_kwargs(RayConfig()) and not RayConfig().dashboard
     kwargs = ray_init_kwargs(RayConfig(dashboard=True, num_cpus=1))

@@ -43,7 +43,8 @@ from hypothesis import strategies as st
 
 from rl.config import Config, ConfigError, load_config
 from rl.models.chat import render_prompts
-from rl.data.prompts import DataConfig, DatasetConfig, load_dataset_rows, prepare_prompts
+from rl.data.prompts import load_dataset_rows, prepare_prompts
+from rl.config.data import DataConfig, DatasetConfig
 from rl.models.resolve import EMBEDDED_MODELS, check_model_folder, resolve_model_path
 
 SCALE = int(os.environ.get("RLVR_FUZZ_SCALE", "1"))  # RLVR_FUZZ_SCALE=20 for a long fuzzing session
@@ -499,7 +500,7 @@ _TEMPLATE = st.lists(st.sampled_from(list("{}[].!:0 ax") + ["question", "answer"
 @settings(max_examples=60 * SCALE, deadline=None)
 @given(template=_TEMPLATE, answer_column=st.sampled_from(["answer", "num_ops", "question", "nope", ""]))
 def test_any_prompt_template_works_or_names_prompt_template(template, answer_column):
-    from rl.data.prompts import ArithmeticConfig
+    from rl.config.data import ArithmeticConfig
 
     data = DataConfig(arithmetic=ArithmeticConfig(num_train=3, num_eval=0))
     ds = DatasetConfig(source="arithmetic", prompt_template=template, answer_column=answer_column)

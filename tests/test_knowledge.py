@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rewards.knowledge import KnowledgeConfig, Passage, PassageStore, qa_passages
+from rewards.knowledge import Passage, PassageStore, qa_passages
+from rl.config.rollout import KnowledgeConfig
 from tests.conftest import SHARED_DATA, requires_mirror
 
 FIXTURE = Path(__file__).parent / "data" / "knowledge_fixture.jsonl"

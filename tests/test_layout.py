@@ -97,8 +97,33 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_core_math_imports_nothing_of_the_project_but_core():
+    """rl/core may read its config dataclasses from rl/config, a leaf (next test)."""
     graph = import_graph()
     core = [m for m in graph if m.startswith("rl.core")]
     assert core
     for m in core:
-        assert {d for d in graph[m] if not d.startswith("rl.core")} <= {"rl"}, (m, graph[m])
+        assert {d for d in graph[m] if not d.startswith(("rl.core", "rl.config"))} <= {"rl"}, (m, graph[m])
+
+
+def test_config_is_a_leaf():
+    """rl/config imports nothing of the project but itself and rl.core.registry (stdlib only), so that reading and
+    checking a config imports no torch."""
+    graph = import_graph()
+    config = [m for m in graph if m == "rl.config" or m.startswith("rl.config.")]
+    assert "rl.config.run" in config
+    for m in config:
+        assert {d for d in graph[m] if not (d == "rl.config" or d.startswith("rl.config."))} <= {"rl", "rl.core",
+                                                                                                 "rl.core.registry"}, \
+            (m, graph[m])
+    assert graph["rl.core.registry"] <= {"rl", "rl.core"}
+
+
+def test_rewards_and_rollout_use_only_the_leaves_of_rl():
+    """Rewards and rollouts read configs, core math, models, files and the data mirror's file lookup; never the
+    trainer, the learner, the methods or the data pipeline (which import them)."""
+    graph = import_graph()
+    allowed = ("rl.config", "rl.core", "rl.models", "rl.files", "rl.data.sources", "rl.cluster")
+    for m, deps in graph.items():
+        if m.split(".")[0] in ("rewards", "rollout"):
+            outside = {d for d in deps if d.startswith("rl.") and not d.startswith(allowed)} - {"rl.data"}
+            assert not outside, (m, outside)

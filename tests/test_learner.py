@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rl.core.batch import Batch
-from rl.core.kl import KLConfig
-from rl.train.learner import Learner, LearnerConfig, OptimConfig
-from rl.core.losses import PolicyLossConfig
+from rl.config.algorithm import KLConfig, PolicyLossConfig
+from rl.train.learner import Learner
+from rl.config.learner import LearnerConfig, OptimConfig
 
 
 def make_batch(seed: int = 0) -> Batch:

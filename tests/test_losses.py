@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rl.config import ConfigError, load_config
-from rl.core.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PolicyLossConfig, aggregate_loss, resolve_agg_mode
+from rl.core.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, aggregate_loss, resolve_agg_mode
+from rl.config.algorithm import PolicyLossConfig
 
 
 def _loss(name, logp, old, adv, mask=None, **kw):

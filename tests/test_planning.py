@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from rl.config.algorithm import DEFAULT_PHRASES, HicraConfig
 from rl.methods.hicra import (
-    DEFAULT_PHRASES, HicraConfig, MiniLMEmbedder, PlanningDetector, StrategicGrams, dense_mask, hicra_advantages,
+    MiniLMEmbedder, PlanningDetector, StrategicGrams, dense_mask, hicra_advantages,
     phrase_matches, phrase_spans, semantic_entropy, token_char_spans, tokens_in_spans, word_ngrams,
 )
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewards import REWARDS, RewardActorConfig, RewardError, RewardManager, RewardPolicyConfig, RewardSpec, answers_match, extract_answer, load_reward
+from rewards import RewardError, RewardManager, answers_match, extract_answer, load_reward
+from rl.config.rewards import RewardActorConfig, RewardPolicyConfig, RewardSpec
+from rl.core.registry import REWARDS
 from rewards.answers import format_reward, math_verify_reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,7 +241,7 @@ def test_rewards_registered_through_an_entry_point(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[rlvr.rewards]\nlength_even = tests.reward_fixtures:length_parity\n"
                                            "broken_ep = tests.reward_fixtures:nope\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    from rewards import known_rewards
+    from rl.config.rewards import known_rewards
 
     assert "length_even" in known_rewards() and "math_verify" in known_rewards()
     label, fn = load_reward(RewardSpec(name="length_even"))

@@ -9,8 +9,8 @@ import ray
 import torch
 
 from rl.core.batch import Batch
-from rollout.base import SamplingConfig
-from rollout.fleet import RolloutConfig, RolloutFleet
+from rl.config.rollout import RolloutConfig, SamplingConfig
+from rollout.fleet import RolloutFleet
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +118,8 @@ def test_a_slow_reward_does_not_stall_generation(fleet):
     generation, the fleet would never return and the reward would time out."""
     import threading
 
-    from rewards import RewardManager, RewardSpec
+    from rewards import RewardManager
+    from rl.config.rewards import RewardSpec
     from tests import reward_fixtures
 
     reward_fixtures.GENERATION_DONE = threading.Event()

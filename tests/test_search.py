@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from rl.core.batch import Batch
-from rollout.base import Sample, SamplingConfig
-from rollout.search import LIMIT_REACHED, SearchConfig, information_block, search_rollout, searched_query
+from rollout.base import Sample
+from rl.config.rollout import SamplingConfig, SearchConfig
+from rollout.search import LIMIT_REACHED, information_block, search_rollout, searched_query
 from tests.test_learner import grads_after_one_step  # noqa: F401  (the tiny model fixture comes from conftest)
 
 
@@ -96,9 +97,9 @@ def test_batch_keeps_retrieved_tokens_out_of_the_loss_mask():
 def test_retrieved_tokens_get_no_gradient(tiny_model_path):
     """One learner update from a batch whose responses hold 'retrieved' tokens (loss mask 0): the update is the same
     whatever advantages and old log-probs those tokens carry, and differs when they are counted."""
-    from rl.core.kl import KLConfig
-    from rl.train.learner import Learner, LearnerConfig, OptimConfig
-    from rl.core.losses import PolicyLossConfig
+    from rl.config.algorithm import KLConfig, PolicyLossConfig
+    from rl.train.learner import Learner
+    from rl.config.learner import LearnerConfig, OptimConfig
 
     def update(masks, junk: float) -> dict[str, torch.Tensor]:
         prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11, 12, 13, 14, 15], [16, 17, 18, 19]]

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from rl.core.divergences import F_DIVERGENCES, DivergenceConfig, f_divergence_loss
-from rl.core.kl import KLConfig
-from rl.train.learner import Learner, LearnerConfig, OptimConfig
-from rl.core.losses import PolicyLossConfig
+from rl.core.divergences import F_DIVERGENCES, f_divergence_loss
+from rl.config.algorithm import DivergenceConfig, KLConfig, PolicyLossConfig, TokenWeightConfig
+from rl.train.learner import Learner
+from rl.config.learner import LearnerConfig, OptimConfig
 from rl.core.token_weights import (
-    TOKEN_WEIGHTS, TokenStats, TokenWeightConfig, entropy_threshold, steer_exponential_weights, steer_linear_weights,
-    steer_magnitude, token_weights,
+    TOKEN_WEIGHTS, TokenStats, entropy_threshold, steer_exponential_weights, steer_linear_weights, steer_magnitude,
+    token_weights,
 )
 from tests.test_learner import make_batch
 

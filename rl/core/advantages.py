@@ -12,29 +12,16 @@ A group of one sample has no baseline; ``cfg.singleton_group`` decides its advan
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
-from rl.core.registry import Registry
-
-
-@dataclass
-class AdvantageConfig:
-    estimator: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | none (A = r)
-    norm_by_std: bool = True  # grpo only; False is Dr.GRPO
-    unbiased_std: bool = True  # N-1 (torch's default) or N; also the batch whitening of reinforce_pp
-    whiten: str = "token"  # reinforce_pp: whiten over all valid tokens of the batch (the paper, verl) or "sequence"
-    eps: float = 1e-6
-    singleton_group: str = "zero"  # a group of one sample: "zero" -> A = 0, "reward" -> A = r / (1 + eps)
+from rl.config.algorithm import SINGLETON_POLICIES, WHITEN_LEVELS, AdvantageConfig
+from rl.core.registry import ADVANTAGE_ESTIMATORS
 
 
 AdvantageEstimator = Callable[..., Tensor]  # (rewards, group_ids, cfg, lengths=None) -> advantages
-ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
-SINGLETON_POLICIES = ("zero", "reward")
-WHITEN_LEVELS = ("token", "sequence")
 
 
 class GroupStats(NamedTuple):

@@ -84,6 +84,19 @@ class Batch:
         return cls(**out)
 
     @classmethod
+    def from_samples(cls, samples: Sequence, group_ids: Sequence[int], pad_token_id: int) -> "Batch":
+        """The batch of rollout samples (anything with prompt_ids, response_ids, logprobs, and optionally loss_mask
+        and prefix_len, as rollout.base.Sample): from_sequences on their fields, prefix_lengths when some sample
+        continues another's reused prefix (CURE)."""
+        b = cls.from_sequences([s.prompt_ids for s in samples], [s.response_ids for s in samples],
+                               [s.logprobs for s in samples], group_ids, pad_token_id,
+                               [getattr(s, "loss_mask", None) for s in samples])
+        prefix = [getattr(s, "prefix_len", 0) for s in samples]
+        if any(prefix):
+            b.prefix_lengths = torch.tensor(prefix, dtype=torch.long)
+        return b
+
+    @classmethod
     def from_sequences(
         cls,
         prompts: Sequence[Sequence[int]],

@@ -9,33 +9,20 @@ from log u keeps u = exp(log u) finite after the clamp.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rl.core.registry import Registry
+from rl.config.algorithm import DivergenceConfig
+from rl.core.registry import F_DIVERGENCES
 
 LOG_U_CLAMP = 20.0
 FORWARD_KL_CLAMP = 10.0
 
 
-@dataclass
-class DivergenceConfig:
-    name: str = "none"  # none | forward_kl | js | alpha
-    eta: float = 0.0  # weight of the divergence term: L = L_rl + eta * L_div
-    alpha: float = 0.2  # alpha-divergence's alpha, in (0, 1)
-    data: str | None = None  # the folder written by `rlvr dph-prepare` (pi0's samples and log-probs, the data split)
-    samples_per_step: int = 16  # pi0 samples added to each step's batch for the divergence term
-    prepare_k: int = 8  # `rlvr dph-prepare`: samples of the initial policy per training question
-    perfect_threshold: float = 1.0  # a question is "mastered" (D_pef) when this fraction of its k samples is correct
-    correct_reward: float = 1.0  # a sample is correct when its total reward (the recipe's rewards) is at least this
-
-
 Generator = Callable[[Tensor, DivergenceConfig], Tensor]
-F_DIVERGENCES: Registry[Generator] = Registry("f-divergence")
 
 
 @F_DIVERGENCES.register("forward_kl")

@@ -7,27 +7,18 @@ The penalty goes into the loss (coef * KL per token) or is subtracted from the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from rl.core.registry import Registry
+from rl.core.registry import KL_ESTIMATORS
 
 LOG_RATIO_CLAMP = 20.0  # |x| bound before any estimator
 K3_CLAMP = 10.0  # |k3| bound: one token far from the reference cannot dominate the step
 
 
-@dataclass
-class KLConfig:
-    coef: float = 0.0  # 0 disables; the reference model is only loaded when coef > 0
-    estimator: str = "k3"  # k1 | k2 | k3
-    in_reward: bool = False  # False: coef * KL in the loss; True: subtracted from the reward
-
-
 KLEstimator = Callable[[Tensor], Tensor]
-KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
 
 
 @KL_ESTIMATORS.register("k1")

@@ -17,21 +17,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rl.core.registry import Registry
+from rl.config.algorithm import PolicyLossConfig
+from rl.core.registry import LOSS_AGGREGATIONS, POLICY_LOSSES
 
 LOG_RATIO_CLAMP = 20.0  # |log rho| bound before exp, so a stale token cannot overflow the ratio
-
-
-@dataclass
-class PolicyLossConfig:
-    name: str = "ppo_clip"  # ppo_clip | gspo | adaptthink_is
-    clip_low: float = 0.2
-    clip_high: float = 0.2  # DAPO clip-higher: 0.28
-    dual_clip: float | None = None  # c > 1 enables dual clip for A < 0 (3.0 is usual)
-    # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm; None: the loss's own (see
-    # resolve_agg_mode: token-mean for ppo_clip, seq-mean-token-mean for gspo and adaptthink_is)
-    agg_mode: str | None = None
-    norm_length: int | None = None  # seq-mean-token-sum-norm's fixed length; None: the caller's max response length
 
 
 @dataclass
@@ -42,7 +31,6 @@ class PolicyLossOutput:
 
 
 PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor, PolicyLossConfig], PolicyLossOutput]
-POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
 DEFAULT_AGG_MODE = "token-mean"  # for a registered loss that declares none
 
 
@@ -127,7 +115,6 @@ def adaptthink_is(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tens
 
 
 LossAggregation = Callable[[Tensor, Tensor, float, float, float | None], Tensor]
-LOSS_AGGREGATIONS: Registry[LossAggregation] = Registry("loss aggregation")
 
 
 def _masked(loss: Tensor, mask: Tensor) -> Tensor:

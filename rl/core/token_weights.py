@@ -10,38 +10,17 @@ micro-batches) or each micro-batch (scope "micro", what the STEER authors' code 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from rl.core.registry import Registry
+from rl.config.algorithm import TokenWeightConfig
+from rl.core.registry import TOKEN_WEIGHTS
 
 STEER_M_FLOOR = 0.02  # exponential mode: k = -ln(lambda_min) / max(max m, 0.02)
 P_CLAMP = 1e-8
-
-
-@dataclass
-class SteerConfig:
-    lambda_min: float = 0.8  # exponential: weights in [lambda_min, 1]; linear: the lower bound
-    lambda_max: float = 1.2  # linear mode's upper bound
-
-
-@dataclass
-class HighEntropyConfig:
-    rho: float = 0.2  # keep the top rho fraction of tokens by entropy; 1.0 keeps every token
-
-
-@dataclass
-class TokenWeightConfig:
-    methods: list[str] = field(default_factory=list)  # any of: steer_exp, steer_linear, high_entropy (multiplied)
-    scope: str = "batch"  # statistics over the whole optimizer step ("batch") or each micro-batch ("micro")
-    steer: SteerConfig = field(default_factory=SteerConfig)
-    high_entropy: HighEntropyConfig = field(default_factory=HighEntropyConfig)
-
-
-SCOPES = ("batch", "micro")
 
 
 @dataclass
@@ -56,7 +35,6 @@ class TokenStats:
 
 
 TokenWeight = Callable[[TokenStats, TokenWeightConfig], Tensor]
-TOKEN_WEIGHTS: Registry[TokenWeight] = Registry("token weight")
 
 
 def steer_magnitude(stats: TokenStats) -> Tensor:

@@ -16,30 +16,18 @@ import os
 import random
 import re
 import string
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
 
+from rl.config.data import ArithmeticConfig, DataConfig, DatasetConfig
 from rl.data.sources import (DataUnavailable, KNOWN_SETS, find_in_mirror, hub_reachable, known_set, mirror_dir,
                              unavailable_message)
-from rl.eval.evaluate import GRADERS
+from rl.files import write_jsonl
 from rl.models.chat import render_prompts
 
 # -- generated arithmetic word problems (the quickstart needs no download) ----------------------------------------
-
-
-@dataclass
-class ArithmeticConfig:
-    num_train: int = 4000
-    num_eval: int = 200
-    min_ops: int = 1  # operations per problem
-    max_ops: int = 1
-    max_value: int = 20  # operands drawn from [1, max_value] (multipliers from [2, max_value])
-    operations: list[str] = field(default_factory=lambda: ["+", "-"])  # a subset of + - *
-    seed: int = 0
 
 
 _NAMES = {"Sam": "he", "Mia": "she", "Tom": "he", "Ava": "she", "Leo": "he", "Zoe": "she", "Max": "he", "Ivy": "she",
@@ -141,22 +129,6 @@ def arithmetic_problems(cfg: ArithmeticConfig, split: str) -> list[dict]:
 # -- any data set into rows of (prompt, answer, ...) --------------------------------------------------------------
 
 
-@dataclass
-class DatasetConfig:
-    source: str = "arithmetic"  # "arithmetic" | a local .jsonl/.json/.parquet/.csv file or folder | a hub data set id
-    # (looked up in the data mirror first: rl/data/sources.py)
-    split: str = "train"
-    subset: str | None = None  # hub config name
-    prompt_template: str = "{question}"  # str.format over the row's columns, e.g. "{Body} {Question}" (SVAMP)
-    answer_column: str = "answer"
-    answer_after: str | None = None  # keep the text after the last occurrence of this marker (GSM8K: "####")
-    offset: int = 0  # skip the first rows (with limit: a slice, e.g. a held-out tail of one file)
-    limit: int | None = None  # then keep the first N rows
-    grader: str = "math_verify"  # evaluation: math_verify | short_answer (factual answers, refusals counted)
-    optional: bool = False  # an evaluation set that cannot be found (no local copy, no hub) is skipped with a line
-    # that says how to get it, instead of stopping the run
-
-
 def preset(name: str) -> DatasetConfig:
     """The DatasetConfig of a known public set by short name (rl/data/sources.py KNOWN_SETS): its hub id, subset,
     split and column mapping; knowrl's is its file, with the held-out tail (rows 2977-) that no recipe trains on."""
@@ -166,33 +138,7 @@ def preset(name: str) -> DatasetConfig:
                          **({"offset": 2977, "grader": "short_answer"} if name == "knowrl" else {}))
 
 
-@dataclass
-class FewShotExample:
-    """A worked example shown before every prompt, as an earlier user turn and the assistant's reply."""
-
-    user: str = ""
-    assistant: str = ""
-
-
-@dataclass
-class DataConfig:
-    train: DatasetConfig = field(default_factory=DatasetConfig)
-    eval: DatasetConfig | None = field(default_factory=lambda: DatasetConfig(split="test"))
-    system_prompt: str | None = None
-    few_shot: list[FewShotExample] = field(default_factory=list)  # examples as earlier chat turns (small models
-    # follow an output format from an example far better than from an instruction); they count in max_prompt_tokens
-    instruction: str = ""  # appended to every user prompt, e.g. how to state the answer
-    max_prompt_tokens: int = 256
-    prompt_overflow: str = "drop"  # drop | truncate | error, for prompts longer than max_prompt_tokens
-    shuffle: bool = True
-    seed: int = 0
-    mirror: str | None = None  # a local folder of data set copies, looked up before the hub (default: $RLVR_DATA_DIR;
-    # layout in rl/data/sources.py)
-    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
-
-
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-PROMPT_OVERFLOW = ("drop", "truncate", "error")
 
 
 def _root_cause(e: BaseException) -> str:
@@ -349,11 +295,7 @@ def _as_json_lines(path: Path) -> Path:
     name = f"{hashlib.sha256(data).hexdigest()[:32]}.jsonl"  # the same content, the same file: datasets' cache works
     target = Path(datasets.config.HF_DATASETS_CACHE) / "rlvr-json-lines" / name
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in json.loads(data.decode("utf-8-sig"))),
-                       encoding="utf-8")
-        os.replace(tmp, target)  # atomic: a crash leaves no half-written file under the final name
+        write_jsonl(target, json.loads(data.decode("utf-8-sig")))  # atomic: never a half-written file under the name
     return target
 
 
@@ -505,32 +447,10 @@ def _normalize_number(answer: str) -> str:
     return plain
 
 
-def check_dataset_config(ds: DatasetConfig, key: str = "") -> None:
-    """ValueError naming the key (e.g. data.train.limit) when a data set's settings cannot work."""
-    if ds.limit is not None and ds.limit < 1:
-        raise ValueError(f"{key + '.' if key else ''}limit={ds.limit} (data source {ds.source!r}); use a positive "
-                         "number of rows or null for all")
-    if ds.offset < 0:
-        raise ValueError(f"{key + '.' if key else ''}offset={ds.offset} (data source {ds.source!r}); use 0 or more")
-    if ds.grader not in GRADERS:
-        raise ValueError(f"{key + '.' if key else ''}grader={ds.grader!r}; choose one of {list(GRADERS)}")
-    if ds.optional and key == "data.train":
-        raise ValueError("data.train.optional=true: a run cannot skip its training set; only evaluation sets "
-                         "(data.eval, eval_sets.<name>) may be optional")
-
-
-def check_prompt_limits(data: DataConfig) -> None:
-    """ValueError naming the key when data.max_prompt_tokens / data.prompt_overflow cannot work."""
-    if data.prompt_overflow not in PROMPT_OVERFLOW:
-        raise ValueError(f"data.prompt_overflow={data.prompt_overflow!r}; choose one of {list(PROMPT_OVERFLOW)}")
-    if data.max_prompt_tokens < 1:
-        raise ValueError(f"data.max_prompt_tokens={data.max_prompt_tokens}; it must be >= 1")
-
-
 def load_dataset_rows(ds: DatasetConfig, data: DataConfig) -> datasets.Dataset:
     """Rows with "prompt" (template filled + data.instruction) and "answer" (gold answer string), plus the source's
     own columns (a source column named "prompt" or "answer" is replaced)."""
-    check_dataset_config(ds)
+    ds.check()
     needed = _template_columns(ds.prompt_template)
     raw = _load_raw(ds, data)
     if ds.offset or (ds.limit is not None and ds.limit < len(raw)):
@@ -585,7 +505,7 @@ def prepare_prompts(
 ) -> tuple[datasets.Dataset, list[list[int]], dict]:
     """Tokenised chat prompts with data.max_prompt_tokens applied by data.prompt_overflow; returns the kept rows,
     their prompt ids and {"num_rows" (rows given), "num_dropped_too_long", "num_truncated"}."""
-    check_prompt_limits(data)
+    data.check_prompt_limits()
     ids = render_prompts(tokenizer, rows["prompt"], data.system_prompt, data.few_shot)
     limit, keep, kept_ids = data.max_prompt_tokens, [], []
     stats = {"num_rows": len(rows), "num_dropped_too_long": 0, "num_truncated": 0}

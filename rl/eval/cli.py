@@ -23,8 +23,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from rl.data.prompts import DatasetConfig, preset
+from rl.data.prompts import preset
+from rl.config.data import DatasetConfig
 from rl.data.sources import KNOWN_SETS
+from rl.files import write_atomic, write_jsonl
 
 PRESETS = tuple(KNOWN_SETS)  # the known public sets by short name, with the answer extraction each needs (their hub
 # ids, looked up in the data mirror first: rl/data/sources.py)
@@ -82,7 +84,7 @@ def run_eval(cfg, model: str | None, names: list[str], mode: str, out: Path, lim
     from transformers import AutoTokenizer
 
     from rl.data.prompts import load_prompts
-    from rl.eval.evaluate import evaluate, write_records
+    from rl.eval.evaluate import evaluate
     from rl.models.resolve import check_context_length, resolve_model_path
     from rl.cluster import start_ray
     from rollout.fleet import RolloutFleet
@@ -111,7 +113,7 @@ def run_eval(cfg, model: str | None, names: list[str], mode: str, out: Path, lim
             close = cfg.rollout.adaptive_thinking.close_tag if mode == "think" else None
             metrics, records = evaluate(generate, rows, prompts, cfg.rollout.eval_sampling, seed=cfg.seed,
                                         grader=grader, close_tag=close)
-            write_records(out / f"{name}.jsonl", records)
+            write_jsonl(out / f"{name}.jsonl", records)
             results[name] = metrics
             print(f"[eval] {name}: accuracy {metrics['accuracy']:.3f} over {len(rows)} problems", file=sys.stderr)
     finally:
@@ -119,8 +121,8 @@ def run_eval(cfg, model: str | None, names: list[str], mode: str, out: Path, lim
     table = summary_table(results)
     head = (f"# rlvr eval: {model or cfg.model.path}, mode {mode}" + (f" (budget {budget})" if mode == "budget" else "")
             + f", {cfg.rollout.eval_sampling.n} samples per problem, temperature {cfg.rollout.eval_sampling.temperature}")
-    (out / "summary.md").write_text(head + "\n\n" + table + "\n")
-    (out / "summary.json").write_text(json.dumps({"model": model_path, "mode": mode, "budget": budget,
-                                                  "results": results}, indent=1))
+    write_atomic(out / "summary.md", head + "\n\n" + table + "\n")
+    write_atomic(out / "summary.json", json.dumps({"model": model_path, "mode": mode, "budget": budget,
+                                                   "results": results}, indent=1))
     print(table)
     return results

@@ -3,10 +3,7 @@ length, refusal and calibration metrics, per-sample records."""
 
 from __future__ import annotations
 
-import json
 from math import comb
-from pathlib import Path
-
 from typing import Callable
 
 import datasets
@@ -14,9 +11,10 @@ import datasets
 from rewards.answers import math_verify_reward
 from rewards.ikea import count_searches
 from rewards.qa import final_answer, grade_short_answer, parse_confidence
+from rl.config.data import GRADERS
 from rl.core.calibration import calibration_metrics
 from rollout.adaptive import is_nothinking
-from rollout.base import SamplingConfig
+from rl.config.rollout import SamplingConfig
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -30,9 +28,6 @@ def pass_at_k_values(n: int) -> list[int]:
     """The k reported for n samples per problem: 1, 2, 4, ... up to n, and n itself."""
     ks = [k for k in (2**i for i in range(n.bit_length())) if k <= n]
     return ks + ([n] if ks[-1] != n else [])
-
-
-GRADERS = ("math_verify", "short_answer")
 
 
 def grade(grader: str, completions: list[str], golds: list) -> tuple[list[bool], list[bool]]:
@@ -96,10 +91,3 @@ def evaluate(
         for (i, s), gold, c, r in zip(samples, golds, correct, refused)
     ]
     return metrics, records
-
-
-def write_records(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -1,6 +1,7 @@
-"""DPH-RL's offline step and its data: sample the initial policy pi0 k times per training question, split the questions
-into the mastered set D_pef (at least `perfect_threshold` of the k samples correct) and the rest D_exp, and keep pi0's
-correct samples on D_pef with their per-token log-probs under pi0 (so training needs no live reference model).
+"""DPH-RL's data and its method in the loop. The offline step (rl/prepare/dph.py) samples the initial policy pi0 k
+times per training question, splits the questions into the mastered set D_pef (at least `perfect_threshold` of the k
+samples correct) and the rest D_exp, and keeps pi0's correct samples on D_pef with their per-token log-probs under pi0
+(so training needs no live reference model).
 
 Training then runs RL on D_exp only and adds `samples_per_step` of the stored samples to each step's batch, where the
 learner applies eta * f-divergence to them and no policy gradient (rl/core/divergences.py, Batch.divergence_mask).
@@ -23,6 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rl.core.batch import Batch
+from rl.files import replace_folder_atomic
+from rl.methods.base import Context, Method
 
 SPLIT, SAMPLES = "split.json", "samples.safetensors"
 
@@ -58,9 +61,7 @@ class DPHData:
         }
         save_file(flat, str(tmp / SAMPLES))
         (tmp / SPLIT).write_text(json.dumps(self.meta, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        replace_folder_atomic(tmp, folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> "DPHData":
@@ -107,64 +108,33 @@ class DPHData:
         return b
 
 
-def split_questions(correct: list[list[bool]], threshold: float) -> tuple[list[int], list[int]]:
-    """(D_pef rows: at least `threshold` of the attempts correct, D_exp rows: the rest)."""
-    frac = [sum(c) / max(len(c), 1) for c in correct]
-    perfect = [i for i, f in enumerate(frac) if f >= threshold - 1e-12]
-    return perfect, [i for i, f in enumerate(frac) if f < threshold - 1e-12]
+class DPH(Method):
+    """DPH-RL in the loop: RL trains on the questions pi0 has not mastered (D_exp) only, and each step
+    `samples_per_step` of pi0's stored samples join the batch for the f-divergence term alone (rl/core/divergences.py;
+    the learner adds it where a row's divergence_mask is 1)."""
+
+    name = "dph"
+
+    def __init__(self, cfg, ctx: Context):
+        self.cfg, self.ctx = cfg, ctx
+        self.data = DPHData.load(cfg.algorithm.divergence.data)
+
+    def train_rows(self, rows, prompts):
+        dph, dv = self.data, self.cfg.algorithm.divergence
+        dph.check_matches(self.cfg.model.path, len(prompts), self.cfg.data.train.source)
+        if not dph.exp_rows:
+            raise ValueError("algorithm.divergence.data: pi0 masters every training question, nothing is left to "
+                             "explore; raise algorithm.divergence.perfect_threshold or use harder data")
+        print(f"[dph] training on {len(dph.exp_rows)} questions pi0 has not mastered; {len(dph)} pi0 samples for the "
+              f"{dv.name} term", file=sys.stderr)
+        return rows.select(dph.exp_rows), [prompts[i] for i in dph.exp_rows]
+
+    def extra_rows(self, step: int) -> Batch | None:
+        from rl.data.prompts import sample_seed
+
+        return self.data.batch(sample_seed(self.cfg.seed, step, -1), self.cfg.algorithm.divergence.samples_per_step,
+                               self.ctx.pad_id)
 
 
-def prepare(cfg, chunk: int = 64) -> dict:
-    """`rlvr dph-prepare`: sample pi0 (the recipe's model) prepare_k times per training question on the rollout
-    fleet, score them with the recipe's rewards (a sample is correct when its total reward is at least
-    algorithm.divergence.correct_reward), split, score pi0's log-probs of the kept samples on a learner, and write
-    algorithm.divergence.data. Returns the split statistics."""
-    import ray
-
-    from rl.core.kl import KLConfig
-    from rl.train.learner import Learner
-    from rl.core.losses import PolicyLossConfig
-    from rl.prepare.sampling import sample_initial_policy
-
-    dv = cfg.algorithm.divergence
-    if dv.data is None:
-        raise ValueError("algorithm.divergence.data is not set: give the folder to write (the training recipe reads it)")
-    pi0 = sample_initial_policy(cfg, dv.prepare_k, "dph-prepare: sampling pi0", chunk=chunk)
-    model_path, tokenizer, s = pi0.model_path, pi0.tokenizer, cfg.rollout.sampling
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    correct: list[list[bool]] = []
-    kept: list[tuple[int, object]] = []  # (row, sample) of pi0's correct answers
-    for i, (group, out) in enumerate(zip(pi0.groups, pi0.scores)):
-        mine = ((out.total >= dv.correct_reward) & ~out.failed).tolist()
-        correct.append(mine)
-        kept.extend((i, x) for x, good in zip(group, mine) if good)
-    perfect, exp = split_questions(correct, dv.perfect_threshold)
-    perfect_set = set(perfect)
-    kept = [(i, x) for i, x in kept if i in perfect_set]
-    learner = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus).remote(
-        model_path, cfg.learner, PolicyLossConfig(), KLConfig(), total_steps=1, max_response_tokens=s.max_tokens)
-    init_logprobs: list[list[float]] = []
-    try:
-        for start in range(0, len(kept), chunk):
-            part = [x for _, x in kept[start : start + chunk]]
-            b = Batch.from_sequences([x.prompt_ids for x in part], [x.response_ids for x in part],
-                                     [x.logprobs for x in part], list(range(len(part))), pad_id)
-            lp = ray.get(learner.compute_logprobs.remote(b))
-            init_logprobs.extend(lp[j][b.response_mask[j] > 0].tolist() for j in range(len(part)))
-    finally:
-        ray.kill(learner)
-    meta = {
-        "model": cfg.model.path, "train_source": cfg.data.train.source, "num_rows": len(pi0.groups),
-        "k": dv.prepare_k, "perfect_threshold": dv.perfect_threshold, "seed": cfg.seed,
-        "temperature": s.temperature, "max_tokens": s.max_tokens,
-        "perfect_rows": perfect, "exp_rows": exp, "accuracy": [sum(c) / len(c) for c in correct],
-        "num_samples": len(kept), "pi0_accuracy": float(np.mean([sum(c) / len(c) for c in correct])),
-    }
-    DPHData([x.prompt_ids for _, x in kept], [x.response_ids for _, x in kept], init_logprobs,
-            [i for i, _ in kept], meta).save(Path(dv.data))
-    stats = {"questions": len(pi0.groups), "perfect": len(perfect), "explore": len(exp), "samples": len(kept),
-             "pi0_accuracy": meta["pi0_accuracy"]}
-    print(f"[dph-prepare] {stats['questions']} questions: {stats['perfect']} mastered (D_pef, >= "
-          f"{dv.perfect_threshold:.0%} of {dv.prepare_k} correct; {stats['samples']} samples kept), {stats['explore']} "
-          f"to explore (D_exp); pi0 accuracy {stats['pi0_accuracy']:.3f}. Written to {dv.data}", file=sys.stderr)
-    return stats
+def build(cfg, ctx: Context) -> Method | None:
+    return DPH(cfg, ctx) if cfg.algorithm.divergence.name != "none" else None

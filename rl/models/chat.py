@@ -32,3 +32,8 @@ def render_prompts(tokenizer, user_texts: list[str], system_prompt: str | None,
         ) from e
     # the template writes the special tokens itself, as apply_chat_template(tokenize=True) does
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad token id, or its end-of-sequence id when it has no pad token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

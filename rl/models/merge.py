@@ -14,12 +14,13 @@ model's config and tokenizer) with `merge.json` recording the inputs and weights
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from rl.files import replace_folder_atomic
 
 # config keys that may differ between merge-compatible models (names, versions, generation defaults)
 _FREE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "bos_token_id",
@@ -141,10 +142,5 @@ def merge_models(models: Sequence[str], w1: float, w2: float | None, out: str | 
     AutoTokenizer.from_pretrained(str(folders[0])).save_pretrained(tmp)
     (tmp / "merge.json").write_text(json.dumps({"models": [str(f) for f in folders], "w1": w1, "w2": w2,
                                                 "formula": __doc__.split("\n\n")[1].strip()}, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_folder_atomic(tmp, out)
     return out

