@@ -1,6 +1,6 @@
 """KLCF (dual-fact alignment) [derived]: reward recall of the facts the base model knows and precision of what is said.
 
-Offline (`rlvr klcf-prepare`, rl/prepare/sampling.py): the base model answers each question k times; the atomic claims of its
+Offline (`rlvr klcf-prepare`, rl/prepare/klcf.py): the base model answers each question k times; the atomic claims of its
 answers that the knowledge source supports become the question's checklist, written to the JSONL file `checklists`
 ({"prompt", "checklist"} per training question) that the reward reads. A prompt without a checklist scores recall 0.
 
