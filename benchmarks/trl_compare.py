@@ -119,7 +119,7 @@ def rlvr_overrides(steps: int, prompts: int, dtype: str, output_dir: Path) -> li
         "trainer.eval_at_start=false", "trainer.eval_every=0", "trainer.save_every=0", "trainer.keep_checkpoints=1",
         "data.eval=null", "eval_sets={}", f"rollout.sampling.n={GROUP}", f"learner.micro_batch_size={MICRO}",
         f"rollout.dtype={dtype}", f"learner.mixed_precision={'bfloat16' if dtype == 'bfloat16' else 'null'}",
-        "learner.dtype=float32", "algorithm.kl.coef=0.0", "logging.progress=false", "logging.tensorboard=false",
+        "learner.dtype=float32", "logging.progress=false", "logging.tensorboard=false",
     ]
 
 

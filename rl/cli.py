@@ -113,8 +113,9 @@ def _prepare(command: str, cfg, args) -> None:
             ikea_prepare(cfg, args.k, Path(args.out))
         elif command == "adaptthink-prepare":
             out = _output(args, _reward_kwargs(cfg, "adaptthink"), "r_ref_file", command, "adaptthink")
-            if not cfg.rollout.adaptive_thinking.enabled:
-                raise ValueError("adaptthink-prepare samples in Thinking mode: set rollout.adaptive_thinking.enabled=true")
+            if cfg.rollout.adaptive_thinking is None:
+                raise ValueError("adaptthink-prepare samples in Thinking mode: the recipe needs a "
+                                 "rollout.adaptive_thinking section")
             adaptthink_prepare(cfg, args.k, Path(out))
         else:
             kw = _reward_kwargs(cfg, "klcf")

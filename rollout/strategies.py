@@ -36,10 +36,7 @@ ROLLOUT_STRATEGIES: Registry = Registry("rollout strategy")
 
 def strategy_name(cfg) -> str:
     """The strategy a RolloutConfig selects (the config's validation keeps at most one of them on)."""
-    for name, section in (("search", cfg.search), ("adaptive_thinking", cfg.adaptive_thinking), ("cure", cfg.cure)):
-        if section.enabled:
-            return name
-    return "plain"
+    return (cfg.modes() or ["plain"])[0]
 
 
 class Strategy:

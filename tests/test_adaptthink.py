@@ -91,7 +91,7 @@ def test_forced_rollout_bookkeeping():
         calls.append((prompts, sampling))
         return [[Sample(list(p), [1, 2], [-0.1, -0.2], "stop", "ab") for _ in range(sampling.n)] for p in prompts]
 
-    cfg = AdaptiveThinkingConfig(enabled=True, open_tag="<t>", close_tag="</t>", thinking_prefix="Go",
+    cfg = AdaptiveThinkingConfig(open_tag="<t>", close_tag="</t>", thinking_prefix="Go",
                                  nothinking_max_tokens=10, thinking_max_tokens=20)
     groups = adaptive_rollout(generate, CharTokenizer(), [[7, 8]], SamplingConfig(n=4), [3], cfg)
     (no_prompts, no_sampling), (th_prompts, th_sampling) = calls
@@ -109,8 +109,8 @@ def test_adaptive_thinking_config_is_checked():
 
     with pytest.raises(ConfigError, match="adaptive_thinking limit .* exceeds rollout.max_model_len"):
         load_config("recipes/adaptthink_cpu.yaml", ["rollout.adaptive_thinking.thinking_max_tokens=400"])
-    with pytest.raises(ConfigError, match="cannot be on with rollout.cure"):
-        load_config("recipes/adaptthink_cpu.yaml", ["rollout.cure.enabled=true"])
+    with pytest.raises(ConfigError, match="rollout.adaptive_thinking and rollout.cure cannot be on together"):
+        load_config("recipes/adaptthink_cpu.yaml", ["rollout.cure.branches=2"])
 
 
 @pytest.mark.integration
@@ -121,7 +121,7 @@ def test_each_half_starts_with_its_forced_token_on_vllm(ray_cluster, tiny_model_
     from rl.config.rollout import RolloutConfig
 
     tok = AutoTokenizer.from_pretrained(tiny_model_path)
-    cfg = AdaptiveThinkingConfig(enabled=True, thinking_prefix="First", nothinking_max_tokens=12, thinking_max_tokens=16)
+    cfg = AdaptiveThinkingConfig(thinking_prefix="First", nothinking_max_tokens=12, thinking_max_tokens=16)
     fleet = RolloutFleet(RolloutConfig(num_engines=1, dtype="float32", max_model_len=256, kv_cache_gib=1),
                          tiny_model_path)
     try:

@@ -78,7 +78,7 @@ def test_variant_recipes_extend_their_bases():
     js = load_config("recipes/dph_js.yaml")
     assert (js.algorithm.divergence.name, js.algorithm.divergence.data) == ("js", "runs/dph_math_pi0")
     cure = load_config("recipes/cure_stage1_cpu.yaml")
-    assert cure.rollout.cure.enabled and cure.rollout.sampling.n * (1 + cure.rollout.cure.branches) == 8
+    assert cure.rollout.cure is not None and cure.rollout.sampling.n * (1 + cure.rollout.cure.branches) == 8
 
 
 # -- dtype auto (rl/models/precision.py) -----------------------------------------------------------------------------------
@@ -216,9 +216,95 @@ def test_a_key_added_after_the_checkpoint_is_harmless_only_at_its_default():
 
     new = to_dict(load_config(None))
     old = copy.deepcopy(new)
-    del old["algorithm"]["length_penalty"]  # a checkpoint written before the section existed
+    del old["algorithm"]["advantage"]["singleton_group"]  # a checkpoint written before the key existed
     harmful, harmless = config_changes(old, new)
-    assert harmful == [] and any(h.startswith("algorithm.length_penalty.coef") for h in harmless)
-    new["algorithm"]["length_penalty"]["coef"] = 0.5  # turned on: the run computes something else now
+    assert harmful == [] and harmless == ["algorithm.advantage.singleton_group: '<unset>' -> 'zero'"]
+    new["algorithm"]["advantage"]["singleton_group"] = "reward"  # not the default: the run computes something else
     harmful, _ = config_changes(old, new)
-    assert harmful == ["algorithm.length_penalty.coef: '<unset>' -> 0.5"]
+    assert harmful == ["algorithm.advantage.singleton_group: '<unset>' -> 'reward'"]
+    new = to_dict(load_config(None, ["algorithm.length_penalty.coef=0.5"]))  # a method turned on
+    harmful, _ = config_changes(old, new)
+    assert harmful == ["algorithm.length_penalty.coef: '<unset>' -> 0.5",
+                       "algorithm.length_penalty.correct_reward: '<unset>' -> 1.0"]
+
+
+# -- optional method sections: absent (or null) is off, present is on -----------------------------------------------
+def test_a_method_section_is_on_when_present_and_off_when_absent_or_null():
+    from rl.config.algorithm import DEFAULT_PHRASES
+
+    cfg = load_config(None)
+    assert cfg.algorithm.hicra is None and cfg.algorithm.kl is None and cfg.rollout.cure is None
+    on = load_config(None, ["algorithm.hicra.planning=phrases", "rollout.cure={}"])
+    assert on.algorithm.hicra.alpha == 0.2 and on.algorithm.hicra.phrases == DEFAULT_PHRASES  # the paper's defaults
+    assert on.rollout.cure.branches == 3
+    dapo = load_config("recipes/dapo_math.yaml")
+    assert dapo.algorithm.dynamic_sampling.max_tries == 3 and dapo.algorithm.overlong.buffer == 4096
+    off = load_config("recipes/dapo_math.yaml", ["algorithm.dynamic_sampling=null"])  # a recipe turns its base's off
+    assert off.algorithm.dynamic_sampling is None and off.algorithm.overlong.buffer == 4096
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.cure.enabled=true", r"a method's section is on when present: remove `enabled` \(to turn rollout.cure "
+                                  r"off, remove the section or set it to null\)"),
+    ("algorithm.dynamic_sampling.enabled=false", "remove `enabled`"),
+    ("algorithm.divergence.name=none", r"algorithm.divergence.name='none'; choose one of .* or remove "
+                                       "algorithm.divergence"),
+    ("algorithm.kl.coef=0", r"algorithm.kl.coef=0.0: give the KL weight .* or remove algorithm.kl"),
+    ("algorithm.kl.in_reward=true", r"algorithm.kl.coef=None: give the KL weight"),
+    ("algorithm.hicra.alpha=0", r"algorithm.hicra.alpha must be > 0 .* remove algorithm.hicra"),
+    ("algorithm.token_weights.scope=micro", r"algorithm.token_weights.methods is empty"),
+    ("algorithm.overlong.factor=2", r"algorithm.overlong does nothing: set algorithm.overlong.buffer > 0"),
+    ("algorithm.length_penalty.coef=0", r"algorithm.length_penalty.coef=0.0: give the weight"),
+    ("algorithm.divergence.name=js", r"algorithm.divergence.eta=None: give the term's weight"),
+    ("rollout.search.top_k=2", r"rollout.search needs exactly one of rollout.search.knowledge.passages"),
+])
+def test_the_old_ways_of_saying_on_and_off_are_refused_by_name(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_two_rollout_modes_are_refused_together():
+    with pytest.raises(ConfigError, match="rollout.adaptive_thinking and rollout.cure cannot be on together"):
+        load_config(None, ["rollout.cure={}", "rollout.adaptive_thinking={}"])
+
+
+def test_the_resolved_config_leaves_off_sections_out_and_loads_back_as_a_recipe(tmp_path):
+    from rl.config import to_dict, to_yaml
+
+    for recipe in RECIPES:
+        cfg = load_config(recipe)
+        text = to_yaml(cfg)
+        (tmp_path / "resolved.yaml").write_text(text)
+        again = load_config(tmp_path / "resolved.yaml")
+        assert to_dict(again) == to_dict(cfg), recipe.name  # config.yaml of a run is a recipe of the same run
+    text = to_yaml(load_config("recipes/quickstart.yaml"))
+    assert "hicra" not in text.split("# off (absent)")[0] and "algorithm.hicra" in text.split("# off (absent)")[1]
+    assert "betas: [0.9, 0.999]" in text
+
+
+def test_a_checkpoint_config_in_the_old_spelling_reads_as_the_same_run():
+    """Before sections were optional, an off method was a section with `enabled: false`, `name: none`, a zero weight
+    or an empty list, and an on one carried `enabled: true`: such a checkpoint's config is the same run today."""
+    import copy
+
+    from rl.config import config_changes, to_dict
+    from rl.config.resume import upgrade
+
+    new = to_dict(load_config("recipes/dapo_math.yaml"))
+    old = copy.deepcopy(new)
+    old["rollout"]["cure"] = {"enabled": False, "branches": 3, "top_entropy": 20, "min_token_chars": 2}
+    old["rollout"]["search"] = {"enabled": False, "max_searches": 3, "knowledge": {"passages": None}}
+    old["rollout"]["adaptive_thinking"] = {"enabled": False, "forced_modes": True}
+    old["algorithm"]["kl"] = {"coef": 0.0, "estimator": "k3", "in_reward": False}
+    old["algorithm"]["token_weights"] = {"methods": [], "scope": "batch", "steer": {"lambda_min": 0.8}}
+    old["algorithm"]["divergence"] = {"name": "none", "eta": 0.0, "data": None}
+    old["algorithm"]["hicra"] = {"alpha": 0.0, "planning": "phrases"}
+    old["algorithm"]["length_penalty"] = {"coef": 0.0, "correct_reward": 1.0}
+    old["algorithm"]["dynamic_sampling"] = {"enabled": True, "max_tries": 3}  # on: the same as today's section
+    assert config_changes(old, new) == ([], [])
+    for recipe in RECIPES:  # today's configs, with sections on, pass through as they are
+        today = to_dict(load_config(recipe))
+        assert upgrade(today) == today and config_changes(today, today) == ([], []), recipe.name
+    old["algorithm"]["hicra"]["alpha"] = 0.2  # HICRA was on in that run and is off in this one
+    harmful, _ = config_changes(old, new)
+    assert harmful == ["algorithm.hicra.alpha: 0.2 -> '<unset>'", "algorithm.hicra.planning: 'phrases' -> '<unset>'"]

@@ -92,8 +92,8 @@ def test_cure_stage1_run_on_the_real_stack(ray_cluster, tiny_model_path, tmp_pat
     n1, n2, prompts = 2, 3, 2
     overrides = tiny_overrides(tiny_model_path, tmp_path / "run", steps=2) + [
         "rewards=[{fn: 'tests.reward_fixtures:length_parity'}]", f"rollout.sampling.n={n1}",
-        "rollout.cure.enabled=true", f"rollout.cure.branches={n2}", f"trainer.prompts_per_step={prompts}",
-        "trainer.eval_at_start=false", "trainer.save_every=0", "algorithm.dynamic_sampling.enabled=false",
+        f"rollout.cure.branches={n2}", f"trainer.prompts_per_step={prompts}",
+        "trainer.eval_at_start=false", "trainer.save_every=0", "algorithm.dynamic_sampling=null",
     ]
     train(load_config("recipes/quickstart.yaml", overrides))
     rollouts = [json.loads(x) for x in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]

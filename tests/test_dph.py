@@ -67,12 +67,13 @@ def test_concat_pads_and_fills_missing_fields():
 
 
 def test_divergence_config_checks():
-    with pytest.raises(ConfigError, match="algorithm.divergence.data"):
-        load_config(None, ["algorithm.divergence.name=forward_kl"])
-    with pytest.raises(ConfigError, match="choose none or one of"):
+    on = ["algorithm.divergence.name=forward_kl", "algorithm.divergence.eta=0.1"]
+    with pytest.raises(ConfigError, match="algorithm.divergence needs algorithm.divergence.data"):
+        load_config(None, on)
+    with pytest.raises(ConfigError, match="name='reverse'; choose one of"):
         load_config(None, ["algorithm.divergence.name=reverse", "algorithm.divergence.data=x"])
     with pytest.raises(ConfigError, match="perfect_threshold"):
-        load_config(None, ["algorithm.divergence.perfect_threshold=0"])
+        load_config(None, on + ["algorithm.divergence.data=x", "algorithm.divergence.perfect_threshold=0"])
 
 
 def test_pass_at_k_equals_brute_force():

@@ -20,7 +20,7 @@ def factual_overrides(model: str, out, steps: int = 2) -> list[str]:
     keep = [o for o in tiny_overrides(model, out, steps) if not o.startswith(("rewards=", "data.arithmetic"))]
     return keep + [f"data.train.source={QA}", f"data.eval.source={QA}", "data.train.limit=24", "data.eval.offset=32",
                    "data.eval.limit=4", "data.max_prompt_tokens=320", "rollout.max_model_len=512",
-                   "trainer.prompts_per_step=2", "algorithm.dynamic_sampling.enabled=false"]
+                   "trainer.prompts_per_step=2", "algorithm.dynamic_sampling=null"]
 
 
 def test_knowrl_abstention_and_armed_run_and_armed_state_is_checkpointed(ray_cluster, tiny_model_path, tmp_path):

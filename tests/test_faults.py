@@ -149,11 +149,11 @@ def test_a_dead_learner_stops_the_run_with_where_to_resume_and_a_rerun_finishes(
 
 
 def test_learner_never_saves_non_finite_weights(tiny_model_path, tmp_path):
-    from rl.config.algorithm import KLConfig, PolicyLossConfig
+    from rl.config.algorithm import PolicyLossConfig
     from rl.train.learner import Learner
     from rl.config.learner import LearnerConfig
 
-    learner = Learner(tiny_model_path, LearnerConfig(), PolicyLossConfig(), KLConfig(), total_steps=1,
+    learner = Learner(tiny_model_path, LearnerConfig(), PolicyLossConfig(), None, total_steps=1,
                       max_response_tokens=8)
     with torch.no_grad():
         next(learner.model.parameters())[0, 0] = float("nan")

@@ -23,7 +23,7 @@ def make_batch(seed: int = 0) -> Batch:
 
 def grads_after_one_step(path: str, micro: int, agg: str) -> dict[str, torch.Tensor]:
     cfg = LearnerConfig(micro_batch_size=micro, optim=OptimConfig(lr=1e-3, grad_clip=0.0), num_threads=1)
-    learner = Learner(path, cfg, PolicyLossConfig(agg_mode=agg), KLConfig(), total_steps=1, max_response_tokens=8)
+    learner = Learner(path, cfg, PolicyLossConfig(agg_mode=agg), None, total_steps=1, max_response_tokens=8)
     learner.model.to(torch.float64)
     before = {k: v.clone() for k, v in learner.model.state_dict().items()}
     metrics = learner.update(make_batch())
@@ -43,7 +43,7 @@ def test_micro_batching_does_not_change_the_update(tiny_model_path, agg):
 
 def test_positive_advantage_raises_its_tokens_logprob(tiny_model_path):
     cfg = LearnerConfig(micro_batch_size=4, optim=OptimConfig(lr=1e-2), num_threads=1)
-    learner = Learner(tiny_model_path, cfg, PolicyLossConfig(), KLConfig(), total_steps=3, max_response_tokens=8)
+    learner = Learner(tiny_model_path, cfg, PolicyLossConfig(), None, total_steps=3, max_response_tokens=8)
     batch = make_batch()
     batch.advantages = batch.response_mask.clone()  # every response token is good
     before = learner.compute_logprobs(batch)
@@ -56,7 +56,7 @@ def test_positive_advantage_raises_its_tokens_logprob(tiny_model_path):
 
 def test_reference_model_only_with_kl(tiny_model_path):
     cfg = LearnerConfig(num_threads=1)
-    plain = Learner(tiny_model_path, cfg, PolicyLossConfig(), KLConfig(coef=0.0), total_steps=1, max_response_tokens=8)
+    plain = Learner(tiny_model_path, cfg, PolicyLossConfig(), None, total_steps=1, max_response_tokens=8)
     assert plain.ref_model is None
     with_kl = Learner(tiny_model_path, cfg, PolicyLossConfig(), KLConfig(coef=0.1), total_steps=1, max_response_tokens=8)
     metrics = with_kl.update(make_batch())
@@ -66,9 +66,9 @@ def test_reference_model_only_with_kl(tiny_model_path):
 
 def test_bf16_autocast_logprobs_stay_close_to_float32(tiny_model_path):
     batch = make_batch()
-    exact = Learner(tiny_model_path, LearnerConfig(num_threads=1), PolicyLossConfig(), KLConfig(), 1, 8)
+    exact = Learner(tiny_model_path, LearnerConfig(num_threads=1), PolicyLossConfig(), None, 1, 8)
     mixed = Learner(tiny_model_path, LearnerConfig(num_threads=1, mixed_precision="bfloat16"), PolicyLossConfig(),
-                    KLConfig(), 1, 8)
+                    None, 1, 8)
     m = batch.response_mask.bool()
     a, b = exact.compute_logprobs(batch)[m], mixed.compute_logprobs(batch)[m]
     assert not torch.equal(a, b)  # autocast really ran in bf16
@@ -79,7 +79,7 @@ def test_bf16_autocast_logprobs_stay_close_to_float32(tiny_model_path):
 
 def test_response_only_output_layer_matches_the_full_forward(tiny_model_path):
     """The learner runs the output layer only where a response token is predicted; the numbers equal a full pass."""
-    learner = Learner(tiny_model_path, LearnerConfig(num_threads=1), PolicyLossConfig(), KLConfig(), 1, 8)
+    learner = Learner(tiny_model_path, LearnerConfig(num_threads=1), PolicyLossConfig(), None, 1, 8)
     batch = make_batch()
     with torch.no_grad():
         logits = learner.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]

@@ -95,12 +95,15 @@ def test_the_rollout_config_selects_one_strategy():
     from rl.config import Config
     from rollout.strategies import ROLLOUT_STRATEGIES, strategy_name
 
+    from rl.config.rollout import AdaptiveThinkingConfig, CureConfig, SearchConfig
+
     r = Config().rollout
     assert strategy_name(r) == "plain"
-    for name, section in (("cure", r.cure), ("search", r.search), ("adaptive_thinking", r.adaptive_thinking)):
-        section.enabled = True
+    for name, section in (("cure", CureConfig()), ("search", SearchConfig()),
+                          ("adaptive_thinking", AdaptiveThinkingConfig())):
+        setattr(r, name, section)
         assert strategy_name(r) == name and name in ROLLOUT_STRATEGIES
-        section.enabled = False
+        setattr(r, name, None)
 
 
 @pytest.mark.integration

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rl.core.batch import Batch
-from rl.config.algorithm import KLConfig, PolicyLossConfig
+from rl.config.algorithm import PolicyLossConfig
 from rl.train.learner import Learner
 from rl.config.learner import LearnerConfig, OptimConfig
 from rl.core.packing import pack_shared_prompts
@@ -57,7 +57,7 @@ def grouped_batch(seed: int = 0) -> Batch:
 def learner(path: str, share: bool, micro: int = 6) -> Learner:
     cfg = LearnerConfig(micro_batch_size=micro, share_prompts=share, entropy_coef=0.01,
                         optim=OptimConfig(lr=1e-3, grad_clip=0.0), num_threads=1)
-    out = Learner(path, cfg, PolicyLossConfig(), KLConfig(), total_steps=1, max_response_tokens=8)
+    out = Learner(path, cfg, PolicyLossConfig(), None, total_steps=1, max_response_tokens=8)
     out.model.to(torch.float64)
     return out
 

@@ -97,7 +97,7 @@ def test_batch_keeps_retrieved_tokens_out_of_the_loss_mask():
 def test_retrieved_tokens_get_no_gradient(tiny_model_path):
     """One learner update from a batch whose responses hold 'retrieved' tokens (loss mask 0): the update is the same
     whatever advantages and old log-probs those tokens carry, and differs when they are counted."""
-    from rl.config.algorithm import KLConfig, PolicyLossConfig
+    from rl.config.algorithm import PolicyLossConfig
     from rl.train.learner import Learner
     from rl.config.learner import LearnerConfig, OptimConfig
 
@@ -107,7 +107,7 @@ def test_retrieved_tokens_get_no_gradient(tiny_model_path):
         full = Batch.from_sequences(prompts, responses, [[-1.0] * len(r) for r in responses], [0, 0], 0).response_mask
         batch.advantages = torch.tensor([[1.0], [-1.0]]) * batch.response_mask + junk * (full - batch.response_mask)
         cfg = LearnerConfig(micro_batch_size=2, optim=OptimConfig(lr=1e-3, grad_clip=0.0), num_threads=1)
-        learner = Learner(tiny_model_path, cfg, PolicyLossConfig(), KLConfig(), total_steps=1, max_response_tokens=8)
+        learner = Learner(tiny_model_path, cfg, PolicyLossConfig(), None, total_steps=1, max_response_tokens=8)
         learner.model.to(torch.float64)
         before = {k: v.clone() for k, v in learner.model.state_dict().items()}
         learner.update(batch)

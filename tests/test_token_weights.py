@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rl.core.divergences import F_DIVERGENCES, f_divergence_loss
-from rl.config.algorithm import DivergenceConfig, KLConfig, PolicyLossConfig, TokenWeightConfig
+from rl.config.algorithm import DivergenceConfig, PolicyLossConfig, TokenWeightConfig
 from rl.train.learner import Learner
 from rl.config.learner import LearnerConfig, OptimConfig
 from rl.core.token_weights import (
@@ -153,7 +153,7 @@ def test_f_divergence_loss_is_a_token_mean_over_masked_tokens():
 # -- in the learner ------------------------------------------------------------------------------------------------
 def _learner(path, micro=6, weights=None, divergence=None, kl=None):
     cfg = LearnerConfig(micro_batch_size=micro, optim=OptimConfig(lr=1e-3, grad_clip=0.0), num_threads=1)
-    learner = Learner(path, cfg, PolicyLossConfig(), kl or KLConfig(), total_steps=1, max_response_tokens=8,
+    learner = Learner(path, cfg, PolicyLossConfig(), kl, total_steps=1, max_response_tokens=8,
                       weights=weights, divergence=divergence)
     learner.model.to(torch.float64)
     return learner

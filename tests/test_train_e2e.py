@@ -25,7 +25,7 @@ def test_two_steps_end_to_end(ray_cluster, tiny_model_path, tmp_path):
         "rollout.dtype=float32", "rollout.kv_cache_gib=1", "learner.micro_batch_size=5",
         "data.arithmetic.num_train=50", "data.arithmetic.num_eval=6", "eval_sets.svamp.limit=4",
         "rewards=[{name: math_verify}, {fn: 'tests.reward_fixtures:length_parity', weight: 0.5}]",
-        "algorithm.dynamic_sampling.enabled=true", "algorithm.dynamic_sampling.max_tries=4",
+        "algorithm.dynamic_sampling.max_tries=4",
         "algorithm.overlong.buffer=4", "algorithm.kl.coef=0.01", "logging.progress=false",
     ])
     trainer = Trainer(cfg)

@@ -1,5 +1,7 @@
 """The `algorithm` section: advantage, policy loss, KL, token weights, DPH-RL's divergence, HICRA, DAPO's knobs.
 
+A method's section is optional: absent (or null) is off, present is on; each section's check names what it still needs.
+
 The functions these select live in rl/core/ (advantages, losses, kl, token_weights, divergences) and rl/methods/;
 their names are checked against the registries of rl/core/registry.py, which need not import those modules.
 """
@@ -56,14 +58,17 @@ class PolicyLossConfig:
 
 @dataclass
 class KLConfig:
-    coef: float = 0.0  # 0 disables; the reference model is only loaded when coef > 0
+    """The KL to a frozen reference policy (the initial model, loaded only when this section is present)."""
+
+    coef: float | None = None  # required: beta (DeepSeekMath's GRPO: 0.04; verl's default 0.001)
     estimator: str = "k3"  # k1 | k2 | k3
     in_reward: bool = False  # False: coef * KL in the loss; True: subtracted from the reward
 
     def check(self, key: str) -> None:
         check(self.estimator in KL_ESTIMATORS,
               f"{key}.estimator={self.estimator!r}; choose one of {KL_ESTIMATORS.names()}")
-        check(self.coef >= 0, f"{key}.coef must be >= 0")
+        check(self.coef is not None and self.coef > 0,
+              f"{key}.coef={self.coef}: give the KL weight (> 0, e.g. 0.001), or remove {key} to train without KL")
 
 
 @dataclass
@@ -82,12 +87,15 @@ SCOPES = ("batch", "micro")
 
 @dataclass
 class TokenWeightConfig:
-    methods: list[str] = field(default_factory=list)  # any of: steer_exp, steer_linear, high_entropy (multiplied)
+    methods: list[str] = field(default_factory=list)  # required, one or more of: steer_exp, steer_linear,
+    # high_entropy (their weights multiply)
     scope: str = "batch"  # statistics over the whole optimizer step ("batch") or each micro-batch ("micro")
     steer: SteerConfig = field(default_factory=SteerConfig)
     high_entropy: HighEntropyConfig = field(default_factory=HighEntropyConfig)
 
     def check(self, key: str) -> None:
+        check(bool(self.methods), f"{key}.methods is empty: list one or more of {TOKEN_WEIGHTS.names()}, or remove "
+              f"{key} to weight every token alike")
         for i, name in enumerate(self.methods):
             check(name in TOKEN_WEIGHTS, f"{key}.methods[{i}]={name!r}; choose from {TOKEN_WEIGHTS.names()}")
         check(len(set(self.methods)) == len(self.methods), f"{key}.methods lists a method twice")
@@ -99,25 +107,24 @@ class TokenWeightConfig:
 
 @dataclass
 class DivergenceConfig:
-    name: str = "none"  # none | forward_kl | js | alpha
-    eta: float = 0.0  # weight of the divergence term: L = L_rl + eta * L_div
+    name: str | None = None  # required: forward_kl | js | alpha
+    eta: float | None = None  # required: weight of the divergence term, L = L_rl + eta * L_div
     alpha: float = 0.2  # alpha-divergence's alpha, in (0, 1)
-    data: str | None = None  # the folder written by `rlvr dph-prepare` (pi0's samples and log-probs, the data split)
+    data: str | None = None  # required: the folder `rlvr dph-prepare` writes (pi0's samples and log-probs, the split)
     samples_per_step: int = 16  # pi0 samples added to each step's batch for the divergence term
     prepare_k: int = 8  # `rlvr dph-prepare`: samples of the initial policy per training question
     perfect_threshold: float = 1.0  # a question is "mastered" (D_pef) when this fraction of its k samples is correct
     correct_reward: float = 1.0  # a sample is correct when its total reward (the recipe's rewards) is at least this
 
     def check(self, key: str) -> None:
-        check(self.name == "none" or self.name in F_DIVERGENCES,
-              f"{key}.name={self.name!r}; choose none or one of {F_DIVERGENCES.names()}")
-        check(self.eta >= 0, f"{key}.eta must be >= 0")
+        check(self.name in F_DIVERGENCES, f"{key}.name={self.name!r}; choose one of {F_DIVERGENCES.names()}, or "
+              f"remove {key} to train without the divergence term")
+        check(self.eta is not None and self.eta > 0, f"{key}.eta={self.eta}: give the term's weight (> 0, e.g. 0.1)")
         check(0 < self.alpha < 1, f"{key}.alpha must be in (0, 1)")
         check(self.samples_per_step >= 1, f"{key}.samples_per_step must be >= 1")
         check(self.prepare_k >= 1, f"{key}.prepare_k must be >= 1")
         check(0 < self.perfect_threshold <= 1, f"{key}.perfect_threshold must be in (0, 1]")
-        check(self.name == "none" or self.data is not None,
-              f"{key}.name={self.name!r} needs {key}.data: the folder `rlvr dph-prepare` writes")
+        check(self.data is not None, f"{key} needs {key}.data: the folder `rlvr dph-prepare` writes")
 
 
 PLANNING = ("phrases", "strategic_grams")
@@ -130,7 +137,7 @@ DEFAULT_PHRASES = [
 
 @dataclass
 class HicraConfig:
-    alpha: float = 0.0  # 0: off; the paper uses 0.2
+    alpha: float = 0.2  # the advantage boost of planning tokens (the paper's 0.2)
     planning: str = "phrases"  # phrases | strategic_grams
     phrases: list[str] = field(default_factory=lambda: list(DEFAULT_PHRASES))
     ngram_min: int = 3  # strategic grams: word n-grams of ngram_min..ngram_max words
@@ -144,7 +151,7 @@ class HicraConfig:
     seed: int = 0  # k-means; the trainer sets the run's seed
 
     def check(self, key: str) -> None:
-        check(self.alpha >= 0, f"{key}.alpha must be >= 0 (0 turns HICRA off; the paper uses 0.2)")
+        check(self.alpha > 0, f"{key}.alpha must be > 0 (the paper uses 0.2); remove {key} to turn HICRA off")
         check(self.planning in PLANNING, f"{key}.planning={self.planning!r}; choose one of {list(PLANNING)}")
         check(1 <= self.ngram_min <= self.ngram_max, f"{key}.ngram_min/ngram_max: need 1 <= ngram_min <= ngram_max")
         check(self.num_clusters >= 1 and self.max_ngrams >= 1 and self.min_doc_freq >= 1,
@@ -157,7 +164,8 @@ class HicraConfig:
 
 @dataclass
 class DynamicSamplingConfig:
-    enabled: bool = False  # DAPO: drop groups whose rewards are all equal, sample more prompts to refill
+    """DAPO: drop groups whose rewards are all equal, sample more prompts to refill."""
+
     max_tries: int = 3  # generation rounds per step before training on what was collected
 
     def check(self, key: str) -> None:
@@ -166,38 +174,47 @@ class DynamicSamplingConfig:
 
 @dataclass
 class OverlongConfig:
-    buffer: int = 0  # DAPO soft overlong punishment over the last `buffer` tokens before max_tokens; 0 disables
+    """DAPO's overlong shaping: a soft punishment, a mask, or both."""
+
+    buffer: int = 0  # the soft punishment over the last `buffer` tokens before max_tokens (DAPO: 4096); 0: none
     factor: float = 1.0
     mask_truncated: bool = False  # drop responses that hit max_tokens from the loss
+
+    def check(self, key: str, max_tokens: int) -> None:
+        check(self.buffer > 0 or self.mask_truncated, f"{key} does nothing: set {key}.buffer > 0 (the soft "
+              f"punishment) or {key}.mask_truncated=true, or remove {key}")
+        check(0 <= self.buffer < max_tokens, f"{key}.buffer must be in [0, rollout.sampling.max_tokens)")
 
 
 @dataclass
 class LengthPenaltyConfig:
-    coef: float = 0.0  # Kimi k1.5's length penalty weight (rl/methods/length_penalty.py); 0 disables
+    coef: float | None = None  # required: the weight of Kimi k1.5's length reward (rl/methods/length_penalty.py)
     correct_reward: float = 1.0  # a response is correct when its reward is at least this
 
     def check(self, key: str) -> None:
-        check(self.coef >= 0, f"{key}.coef must be >= 0 (0 turns the length penalty off)")
+        check(self.coef is not None and self.coef > 0,
+              f"{key}.coef={self.coef}: give the weight (> 0, e.g. 0.2), or remove {key} to turn it off")
 
 
 @dataclass
 class AlgorithmConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
-    kl: KLConfig = field(default_factory=KLConfig)
-    token_weights: TokenWeightConfig = field(default_factory=TokenWeightConfig)  # STEER, 80/20
-    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)  # DPH-RL
-    hicra: HicraConfig = field(default_factory=HicraConfig)  # planning-token advantage boost
-    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
-    overlong: OverlongConfig = field(default_factory=OverlongConfig)
-    length_penalty: LengthPenaltyConfig = field(default_factory=LengthPenaltyConfig)  # Kimi k1.5
+    # the optional sections: None (absent) is off
+    kl: KLConfig | None = None
+    token_weights: TokenWeightConfig | None = None  # STEER, 80/20
+    divergence: DivergenceConfig | None = None  # DPH-RL
+    hicra: HicraConfig | None = None  # planning-token advantage boost
+    dynamic_sampling: DynamicSamplingConfig | None = None  # DAPO
+    overlong: OverlongConfig | None = None  # DAPO
+    length_penalty: LengthPenaltyConfig | None = None  # Kimi k1.5
 
-    def check(self, key: str) -> None:
+    def check(self, key: str, max_tokens: int) -> None:
         self.advantage.check(f"{key}.advantage")
         self.loss.check(f"{key}.loss")
-        self.kl.check(f"{key}.kl")
         self.loss.check_clip(f"{key}.loss")
-        self.token_weights.check(f"{key}.token_weights")
-        self.hicra.check(f"{key}.hicra")
-        self.divergence.check(f"{key}.divergence")
-        self.length_penalty.check(f"{key}.length_penalty")
+        for name in ("kl", "token_weights", "hicra", "divergence", "dynamic_sampling", "length_penalty"):
+            if (section := getattr(self, name)) is not None:
+                section.check(f"{key}.{name}")
+        if self.overlong is not None:
+            self.overlong.check(f"{key}.overlong", max_tokens)

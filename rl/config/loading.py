@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -12,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rl.config.errors import ConfigError
-from rl.config.run import Config, validate
+from rl.config.run import Config, optional_sections, validate
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -206,6 +207,9 @@ def _call(fn, where: str, key: str = ""):
         msg = (getattr(e, "msg", None) or str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "incompatible container types" in msg:
             msg = "a list given where a mapping of keys is expected, or the other way round"
+        if name.endswith(".enabled") and ".".join(name.split(".")[:-1]) in optional_sections(Config()):
+            msg += (f"; a method's section is on when present: remove `enabled` (to turn "
+                    f"{name.rsplit('.', 1)[0]} off, remove the section or set it to null)")
         raise ConfigError(f"bad {where}{f' at {name!r}' if name else ''}: {msg}") from None
 
 
@@ -223,9 +227,30 @@ def redact(tree):
 
 
 def to_dict(cfg: Config) -> dict:
-    """The config as plain containers, secrets redacted: what is printed, logged and saved with checkpoints."""
-    return redact(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    """The config as plain containers, secrets redacted, the optional sections that are off left out (absent is
+    off): what is printed, logged and saved with checkpoints."""
+    tree = redact(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    for key, value in optional_sections(cfg).items():
+        if value is None:
+            *parents, last = key.split(".")
+            node = tree
+            for part in parents:
+                node = node[part]
+            del node[last]
+    return tree
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, except a list of scalars on one line (betas: [0.9, 0.999])."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence(
+    "tag:yaml.org,2002:seq", v, flow_style=all(not isinstance(x, (dict, list)) for x in v)))
 
 
 def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
+    """The resolved config as YAML, and a last comment line naming the optional sections that are off."""
+    text = yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
+    off = [key for key, value in optional_sections(cfg).items() if value is None]
+    lines = textwrap.wrap(f"off (absent): {', '.join(off)}", width=118, subsequent_indent="  ") if off else []
+    return text + "".join(f"# {line}\n" for line in lines)

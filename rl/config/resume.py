@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from functools import lru_cache
 
@@ -43,11 +44,42 @@ def _flatten(tree, prefix: str = "") -> dict:
     return {prefix[:-1]: tree}
 
 
+# How a method's section said "off" before sections became optional (absent: off, present: on), and the key that
+# said "on" then and is gone now: a checkpoint's config of that age reads as today's spelling (`upgrade`)
+OLD_OFF = {
+    "rollout.cure": lambda s: s.get("enabled") is False,
+    "rollout.search": lambda s: s.get("enabled") is False,
+    "rollout.adaptive_thinking": lambda s: s.get("enabled") is False,
+    "algorithm.dynamic_sampling": lambda s: s.get("enabled") is False,
+    "algorithm.kl": lambda s: not s.get("coef"),
+    "algorithm.token_weights": lambda s: not s.get("methods"),
+    "algorithm.divergence": lambda s: s.get("name") in (None, "none"),
+    "algorithm.hicra": lambda s: not s.get("alpha"),
+    "algorithm.overlong": lambda s: not s.get("buffer") and not s.get("mask_truncated"),
+    "algorithm.length_penalty": lambda s: not s.get("coef"),
+}
+
+
+def upgrade(old: dict) -> dict:
+    """A checkpoint's config (a dict) in today's spelling: a method section that was off in the old spelling is
+    dropped (absent), one that was on loses its `enabled` key. Today's configs pass through unchanged."""
+    old = copy.deepcopy(old)
+    for key, was_off in OLD_OFF.items():
+        parent, name = key.split(".")
+        section = (old.get(parent) or {}).get(name)
+        if isinstance(section, dict):
+            if was_off(section):
+                del old[parent][name]
+            else:
+                section.pop("enabled", None)
+    return old
+
+
 def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """(changes that would change the run, harmless changes) between a checkpoint's config and this run's,
     each as 'key: old -> new'. A key the checkpoint's config lacks is harmless at its default value: it was added to
     rlvr after the checkpoint was written, and its default is what the run did before."""
-    a, b, defaults = _flatten(old), _flatten(new), _defaults()
+    a, b, defaults = _flatten(upgrade(old)), _flatten(new), _defaults()
     harmful, harmless = [], []
     for key in sorted(set(a) | set(b)):
         if a.get(key, "<unset>") != b.get(key, "<unset>"):

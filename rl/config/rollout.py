@@ -1,4 +1,6 @@
-"""The `rollout` section: the engines, sampling, and the rollout modes (CURE, search, adaptive thinking): rollout/."""
+"""The `rollout` section: the engines, sampling, and the rollout modes (CURE, search, adaptive thinking): rollout/.
+
+A rollout mode's section is optional: absent (or null) is off, present is on; at most one is on."""
 
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ class SamplingConfig:
 
 @dataclass
 class CureConfig:
-    enabled: bool = False  # on: each group is rollout.sampling.n responses + n * branches continuations
+    """CURE stage 1: each group is rollout.sampling.n responses + n * branches continuations."""
+
     branches: int = 3  # n2: continuations sampled from each response's critical prefix
     top_entropy: int = 20  # the critical position is drawn uniformly from this many highest-entropy positions
     min_token_chars: int = 2  # a token whose stripped text is shorter is never critical
@@ -65,23 +68,25 @@ class KnowledgeConfig:
 
 @dataclass
 class SearchConfig:
-    enabled: bool = False
+    """IKEA's multi-turn rollout: a <search> call retrieves passages from `knowledge`."""
+
     max_searches: int = 3  # IKEA: at most 3 retrieval turns
     top_k: int = 3  # passages per search
     max_passage_words: int = 60  # each passage is cut to this many words
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)  # what is searched
 
     def check(self, key: str) -> None:
-        if self.enabled:
-            check((self.knowledge.passages is None) != (self.knowledge.qa_data is None),
-                  f"{key}.enabled needs exactly one of {key}.knowledge.passages (a JSONL of {{title, text}}) "
-                  f"or {key}.knowledge.qa_data (a question-answer file)")
-            check(self.max_searches >= 1 and self.top_k >= 1, f"{key}.max_searches and top_k must be >= 1")
+        check((self.knowledge.passages is None) != (self.knowledge.qa_data is None),
+              f"{key} needs exactly one of {key}.knowledge.passages (a JSONL of {{title, text}}) "
+              f"or {key}.knowledge.qa_data (a question-answer file)")
+        check(self.max_searches >= 1 and self.top_k >= 1, f"{key}.max_searches and top_k must be >= 1")
 
 
 @dataclass
 class AdaptiveThinkingConfig:
-    enabled: bool = False
+    """AdaptThink's forced modes: half of each group starts by closing the thinking block (NoThinking), half by
+    thinking."""
+
     forced_modes: bool = True  # AdaptThink: half NoThinking, half Thinking; false: the block opened, the model
     # chooses (plain GRPO on the same format, AdaptThink's baseline)
     open_tag: str = "<think>"
@@ -113,10 +118,19 @@ class RolloutConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     eval_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=1, temperature=0.0, max_tokens=256),
                                           metadata=ANY_ON_RESUME)
-    cure: CureConfig = field(default_factory=CureConfig)  # branch responses at critical tokens (CURE stage 1)
-    search: SearchConfig = field(default_factory=SearchConfig)  # multi-turn: <search> calls a retriever (IKEA)
-    adaptive_thinking: AdaptiveThinkingConfig = field(default_factory=AdaptiveThinkingConfig)  # AdaptThink's
-    # forced modes: half of each group starts by closing the thinking block (NoThinking), half by thinking
+    # the rollout modes, optional (None: off): rollout/strategies.py
+    cure: CureConfig | None = None  # branch responses at critical tokens (CURE stage 1)
+    search: SearchConfig | None = None  # multi-turn: <search> calls a retriever (IKEA)
+    adaptive_thinking: AdaptiveThinkingConfig | None = None  # AdaptThink's forced modes (or the model chooses)
+
+    def thinking(self) -> AdaptiveThinkingConfig:
+        """The thinking block's tags and limits: the adaptive_thinking section's, or its defaults (evaluation's
+        think / nothinking / budget modes run on any recipe)."""
+        return self.adaptive_thinking or AdaptiveThinkingConfig()
+
+    def modes(self) -> list[str]:
+        """The rollout modes that are on (present), in the order rollout/strategies.py tries them."""
+        return [name for name in ("search", "adaptive_thinking", "cure") if getattr(self, name) is not None]
 
     def check(self, key: str) -> None:
         """The checks of the section alone, in validate's order (the sampling limits against data and the rollout
@@ -124,7 +138,11 @@ class RolloutConfig:
         check(self.engine in ENGINES, f"{key}.engine={self.engine!r}; choose one of {sorted(ENGINES)}")
         check(self.num_engines >= 1, f"{key}.num_engines must be >= 1")
         check(self.sampling.n >= 1, f"{key}.sampling.n must be >= 1")
-        self.cure.check(f"{key}.cure")
+        on = self.modes()
+        check(len(on) <= 1, f"{' and '.join(key + '.' + n for n in on)} cannot be on together; remove all but one")
+        for name in on:
+            if hasattr(section := getattr(self, name), "check"):
+                section.check(f"{key}.{name}")
 
     def check_dtype(self, key: str) -> None:
         check(self.dtype in DTYPES, f"{key}.dtype={self.dtype!r}; choose one of {list(DTYPES)}"

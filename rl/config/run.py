@@ -3,6 +3,8 @@ spans several of them."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 from rl.config.algorithm import AlgorithmConfig
@@ -84,9 +86,9 @@ def validate(cfg: Config) -> None:
     """Semantic checks that types alone cannot express, each section's own then those across sections; each message
     names the key to change."""
     alg, t, r, data = cfg.algorithm, cfg.trainer, cfg.rollout, cfg.data
-    alg.check("algorithm")
+    alg.check("algorithm", r.sampling.max_tokens)
     r.check("rollout")
-    check(r.sampling.n >= 2 or r.cure.enabled or alg.advantage.estimator not in ("grpo", "rloo", "dr_grpo"),
+    check(r.sampling.n >= 2 or r.cure is not None or alg.advantage.estimator not in ("grpo", "rloo", "dr_grpo"),
           f"rollout.sampling.n=1 leaves every {alg.advantage.estimator} group with one sample (zero advantage); "
           "use n >= 2")
     data.check("data")
@@ -97,14 +99,7 @@ def validate(cfg: Config) -> None:
     r.check_dtype("rollout")
     t.check("trainer")
     check(r.max_engine_restarts >= 0, "rollout.max_engine_restarts must be >= 0")
-    se = r.search
-    se.check("rollout.search")
-    if se.enabled:
-        check(not r.cure.enabled, "rollout.search and rollout.cure cannot be on together")
-    at = r.adaptive_thinking
-    if at.enabled:
-        check(not (r.cure.enabled or se.enabled), "rollout.adaptive_thinking cannot be on with rollout.cure or "
-              "rollout.search")
+    if (at := r.adaptive_thinking) is not None:
         check(r.sampling.n >= 2, "rollout.adaptive_thinking splits each group in two halves: rollout.sampling.n >= 2")
         check(bool(at.close_tag) and bool(at.thinking_prefix),
               "rollout.adaptive_thinking.close_tag and thinking_prefix must not be empty")
@@ -122,9 +117,21 @@ def validate(cfg: Config) -> None:
           "learner.mini_batches is larger than the number of samples per step")
     lr.optim.check("learner.optim")
     lr.check_precision("learner")
-    check(alg.overlong.buffer >= 0 and alg.overlong.buffer < r.sampling.max_tokens,
-          "algorithm.overlong.buffer must be in [0, rollout.sampling.max_tokens)")
-    alg.dynamic_sampling.check("algorithm.dynamic_sampling")
     check(len(cfg.rewards) >= 1, "rewards: give at least one reward function")
     for i, spec in enumerate(cfg.rewards):
         spec.check(f"rewards[{i}]")  # the user's modules are imported later, when the trainer loads them
+
+
+def optional_sections(obj, prefix: str = "") -> dict[str, object]:
+    """{dotted key: value} of every optional section below `obj` (a field typed `SomeConfig | None`, None: off),
+    e.g. {"algorithm.kl": None, "rollout.cure": CureConfig(...)}."""
+    out = {}
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        args = typing.get_args(hints[f.name])
+        if type(None) in args and any(dataclasses.is_dataclass(a) for a in args):
+            out[key] = value
+        elif dataclasses.is_dataclass(value):
+            out.update(optional_sections(value, key + "."))
+    return out

@@ -133,11 +133,11 @@ class FDivergence(Term):
         return loss + self.cfg.eta * div
 
 
-LOSS_TERMS = {  # name -> build(learner cfg, kl, token weights, divergence) -> Term | None, in the order they apply
-    "token_weights": lambda lc, kl, tw, dv: TokenWeights(tw) if tw.methods else None,
-    "kl": lambda lc, kl, tw, dv: KLPenalty(kl) if kl.coef > 0 and not kl.in_reward else None,
+LOSS_TERMS = {  # name -> build(learner cfg, kl, token weights, divergence; None: off) -> Term | None, in the order they apply
+    "token_weights": lambda lc, kl, tw, dv: TokenWeights(tw) if tw is not None else None,
+    "kl": lambda lc, kl, tw, dv: KLPenalty(kl) if kl is not None and not kl.in_reward else None,
     "entropy_bonus": lambda lc, kl, tw, dv: EntropyBonus(lc.entropy_coef) if lc.entropy_coef > 0 else None,
-    "divergence": lambda lc, kl, tw, dv: FDivergence(dv) if dv.name != "none" else None,
+    "divergence": lambda lc, kl, tw, dv: FDivergence(dv) if dv is not None else None,
 }
 
 

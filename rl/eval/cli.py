@@ -58,7 +58,7 @@ def data_sets(cfg, names: list[str], limit: int | None) -> dict[str, DatasetConf
 def generator(mode: str, fleet, tokenizer, cfg, budget: int | None):
     from rollout.adaptive import budget_forcing_rollout, free_rollout, nothinking_rollout
 
-    thinking = cfg.rollout.adaptive_thinking
+    thinking = cfg.rollout.thinking()
     if mode == "normal":
         return fleet.generate
     if mode == "budget" and not (budget and budget > 0):
@@ -110,7 +110,7 @@ def run_eval(cfg, model: str | None, names: list[str], mode: str, out: Path, lim
     try:
         generate = generator(mode, fleet, tokenizer, cfg, budget)
         for name, (rows, prompts, grader) in sets.items():
-            close = cfg.rollout.adaptive_thinking.close_tag if mode == "think" else None
+            close = cfg.rollout.thinking().close_tag if mode == "think" else None
             metrics, records = evaluate(generate, rows, prompts, cfg.rollout.eval_sampling, seed=cfg.seed,
                                         grader=grader, close_tag=close)
             write_jsonl(out / f"{name}.jsonl", records)

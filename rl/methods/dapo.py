@@ -41,9 +41,9 @@ class Overlong(Method):
 
 def build_dynamic_sampling(cfg, ctx) -> Method | None:
     ds = cfg.algorithm.dynamic_sampling
-    return DynamicSampling(ds) if ds.enabled else None
+    return DynamicSampling(ds) if ds is not None else None
 
 
 def build_overlong(cfg, ctx) -> Method | None:
     o = cfg.algorithm.overlong
-    return Overlong(o, cfg.rollout.sampling.max_tokens) if o.buffer > 0 or o.mask_truncated else None
+    return Overlong(o, cfg.rollout.sampling.max_tokens) if o is not None else None

@@ -137,4 +137,4 @@ class DPH(Method):
 
 
 def build(cfg, ctx: Context) -> Method | None:
-    return DPH(cfg, ctx) if cfg.algorithm.divergence.name != "none" else None
+    return DPH(cfg, ctx) if cfg.algorithm.divergence is not None else None

@@ -262,4 +262,4 @@ class Hicra(Method):
 
 def build(cfg, ctx) -> Method | None:
     hc = cfg.algorithm.hicra
-    return Hicra(hc, cfg.seed, ctx.tokenizer) if hc.alpha > 0 else None
+    return Hicra(hc, cfg.seed, ctx.tokenizer) if hc is not None else None

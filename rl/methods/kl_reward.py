@@ -25,4 +25,4 @@ class KLInReward(Method):
 
 def build(cfg, ctx) -> Method | None:
     kl = cfg.algorithm.kl
-    return KLInReward(kl, ctx) if kl.coef > 0 and kl.in_reward else None
+    return KLInReward(kl, ctx) if kl is not None and kl.in_reward else None

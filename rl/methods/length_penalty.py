@@ -47,4 +47,4 @@ class LengthPenalty(Method):
 
 def build(cfg, ctx) -> Method | None:
     lp = cfg.algorithm.length_penalty
-    return LengthPenalty(lp) if lp.coef > 0 else None
+    return LengthPenalty(lp) if lp is not None else None

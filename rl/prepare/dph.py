@@ -29,12 +29,13 @@ def prepare(cfg, chunk: int = 64) -> dict:
     algorithm.divergence.data. Returns the split statistics."""
     import ray
 
-    from rl.config.algorithm import KLConfig, PolicyLossConfig
+    from rl.config.algorithm import PolicyLossConfig
     from rl.train.learner import Learner
 
     dv = cfg.algorithm.divergence
-    if dv.data is None:
-        raise ValueError("algorithm.divergence.data is not set: give the folder to write (the training recipe reads it)")
+    if dv is None or dv.data is None:
+        raise ValueError("dph-prepare needs algorithm.divergence.data: give the folder to write (the training recipe "
+                         "reads it)")
     pi0 = sample_initial_policy(cfg, dv.prepare_k, "dph-prepare: sampling pi0", chunk=chunk)
     model_path, tokenizer, s = pi0.model_path, pi0.tokenizer, cfg.rollout.sampling
     pad_id = pad_token_id(tokenizer)
@@ -48,7 +49,7 @@ def prepare(cfg, chunk: int = 64) -> dict:
     perfect_set = set(perfect)
     kept = [(i, x) for i, x in kept if i in perfect_set]
     learner = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus).remote(
-        model_path, cfg.learner, PolicyLossConfig(), KLConfig(), total_steps=1, max_response_tokens=s.max_tokens)
+        model_path, cfg.learner, PolicyLossConfig(), None, total_steps=1, max_response_tokens=s.max_tokens)
     init_logprobs: list[list[float]] = []
     try:
         for start in range(0, len(kept), chunk):

@@ -30,7 +30,7 @@ class Learner:
         model_path: str,
         cfg: LearnerConfig,
         loss: PolicyLossConfig,
-        kl: KLConfig,
+        kl: KLConfig | None,
         total_steps: int,
         max_response_tokens: int,
         seed: int = 0,
@@ -41,7 +41,7 @@ class Learner:
         torch.manual_seed(seed)
         torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         self.cfg, self.loss_cfg = cfg, loss
-        self.terms = build_terms(cfg, kl, weights or TokenWeightConfig(), divergence or DivergenceConfig())
+        self.terms = build_terms(cfg, kl, weights, divergence)  # None: that term is off
         self.entropy_grad = any(t.entropy_grad for t in self.terms)  # the loss differentiates through H
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         mixed = cfg.mixed_precision
@@ -57,7 +57,7 @@ class Learner:
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = None
-        if kl.coef > 0:  # the reference policy is loaded only when a KL term uses it
+        if kl is not None:  # the reference policy is loaded only when a KL term uses it
             ref = ref_model_path or model_path  # on resume the policy comes from the checkpoint, the reference not
             self.ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype).to(self.device).eval()
             self.ref_model.requires_grad_(False)
@@ -113,7 +113,7 @@ class Learner:
         """Log-probs of the batch's tokens under the current (or reference) model, without gradient."""
         model = self.ref_model if reference else self.model
         if model is None:
-            raise RuntimeError("reference log-probs asked for, but no reference model is loaded (kl.coef is 0)")
+            raise RuntimeError("reference log-probs asked for, but no reference model is loaded (no algorithm.kl)")
         micro = self._micro(batch)
         parts = [self._forward(model, mb.to(self.device), with_entropy=False)[0].cpu() for _, mb in micro]
         return self._unsplit(parts, micro, batch)
