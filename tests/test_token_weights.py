@@ -1,4 +1,5 @@
-"""STEER and 80/20 token weights and the DPH-RL f-divergences: golden values (ALGORITHMS.md), invariants, and the
+"""STEER and 80/20 token weights and the DPH-RL f-divergences: golden values (each computed by hand beside its
+test, from the formula in the function's docstring), invariants, and the
 learner using them (statistics over the whole step, the two DPH sample kinds kept apart)."""
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from tests.test_learner import make_batch
 
 # -- STEER ---------------------------------------------------------------------------------------------------------
 def test_steer_exponential_golden_values():
+    # lambda = clamp(exp(-k m), lambda_min, 1), k = -ln(lambda_min) / max(max m, 0.02) (STEER, exponential mode).
+    # m = [0, 0.01, 0.04], lambda_min 0.8: k = 0.22314 / 0.04 = 5.5786; exp(-0.055786) = 0.9457; exp(-0.22314) = 0.8.
+    # m = [0, 0.01]: max m below the floor, k = 0.22314 / 0.02 = 11.157; exp(-0.11157) = sqrt(0.8) = 0.8944.
     ones = torch.ones(3)
     got = steer_exponential_weights(torch.tensor([0.0, 0.01, 0.04]), ones, 0.8)
     assert torch.allclose(got, torch.tensor([1.0, 0.9457, 0.8]), atol=1e-4)
@@ -29,6 +33,8 @@ def test_steer_exponential_golden_values():
 
 
 def test_steer_linear_golden_values():
+    # lambda = lambda_max - (m - m_min)(lambda_max - lambda_min) / (m_max - m_min) = 1.2 - 10 m for m in [0, 0.04]:
+    # [1.2, 1.1, 0.8]; all m equal: (lambda_min + lambda_max) / 2 = 1.0.
     got = steer_linear_weights(torch.tensor([0.0, 0.01, 0.04]), torch.ones(3), 0.8, 1.2)
     assert torch.allclose(got, torch.tensor([1.2, 1.1, 0.8]), atol=1e-6)
     assert torch.allclose(steer_linear_weights(torch.full((4,), 0.3), torch.ones(4), 0.8, 1.2), torch.full((4,), 1.0))
@@ -116,6 +122,12 @@ def test_methods_multiply_and_bad_names_fail():
 
 
 # -- f-divergences -------------------------------------------------------------------------------------------------
+# f at u = 2 and u = 0.5 (alpha = 0.2), by hand:
+#   forward KL, f(u) = u - 1 - ln u: 2 - 1 - 0.693147 = 0.306853; 0.5 - 1 + 0.693147 = 0.193147.
+#   JS, f(u) = u ln u - (u + 1) ln((u + 1) / 2): 1.386294 - 3 ln 1.5 (1.216395) = 0.169899;
+#       -0.346574 - 1.5 ln 0.75 (-0.431523) = 0.084949.
+#   alpha, f(u) = (u^(1-a) - (1-a) u - a) / (a (a - 1)), a (a - 1) = -0.16: (1.741101 - 1.6 - 0.2) / -0.16 = 0.368119;
+#       (0.574349 - 0.4 - 0.2) / -0.16 = 0.160319.
 GOLDEN = {"forward_kl": (0.3069, 0.1931), "js": (0.1699, 0.0849), "alpha": (0.3681, 0.1603)}
 
 
