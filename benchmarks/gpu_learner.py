@@ -109,7 +109,17 @@ def main() -> None:
     assert torch.cuda.is_available(), "this benchmark needs a GPU"
     work = Path(tempfile.mkdtemp(prefix="gpu-learner-"))
     model = args.model or smollm2_architecture(work / "smollm2-arch")
+    import datetime
+    import os
+    import sys
+
+    import transformers
+
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("CUBLAS_WORKSPACE_CONFIG",) if k in os.environ)
     lines = [f"# Learner on {torch.cuda.get_device_name()} (torch {torch.__version__})", "",
+             f"Command: `{(env + ' ') if env else ''}python {' '.join(sys.argv)}` on "
+             f"{torch.cuda.device_count()}x {torch.cuda.get_device_name()}, transformers {transformers.__version__}, "
+             f"{datetime.date.today().isoformat()}. The learner class alone (no Ray, no vLLM, no weight sync).", "",
              "## Exact resume: save after 2 updates, reload in a fresh Learner, 2 more updates, compare with 4 in one go",
              "SmolLM2-135M architecture (random init), bf16 autocast, 2 PPO epochs x 2 mini-batches (the learner's RNG "
              "orders mini-batches), cosine schedule.", "", "| setting | result | |", "|---|---|---|"]
