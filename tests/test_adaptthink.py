@@ -160,6 +160,20 @@ def test_adaptthink_prepare_then_train_end_to_end(ray_cluster, tiny_model_path, 
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "reward/adaptthink/nothinking" in m]
     assert len(steps) == 2 and all(m["reward/adaptthink/nothinking"] == 0.5 for m in steps)  # half of every group
-    assert all(0.0 <= m[f"reward/adaptthink/accuracy_{k}"] <= 1.0 for m in steps for k in ("thinking", "nothinking"))
+    # each logged rollout's reward is AdaptThink's acc - R_ref + 0.05 [NoThinking], R_ref that of one prepared prompt,
+    # and each mode's logged accuracy is the mean over that step's samples of that mode
+    rollouts = [json.loads(x) for x in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    refs = sorted({r["r_ref"] for r in rows})
+    for m in steps:
+        mine = [r for r in rollouts if r["step"] == m["step"]]
+        assert len(mine) == cfg.trainer.prompts_per_step * cfg.rollout.sampling.n
+        info = [r["reward_info"]["adaptthink"] for r in mine]
+        assert sum(i["nothinking"] for i in info) == len(info) / 2
+        for r, i in zip(mine, info):
+            ref = i["accuracy"] + 0.05 * i["nothinking"] - r["reward"]
+            assert any(ref == pytest.approx(x, abs=1e-6) for x in refs), (ref, refs)
+        for k in ("thinking", "nothinking"):
+            vals = [i[f"accuracy_{k}"] for i in info if f"accuracy_{k}" in i]
+            assert len(vals) == len(info) / 2 and m[f"reward/adaptthink/accuracy_{k}"] == pytest.approx(sum(vals) / len(vals))
     assert any("eval/heldout/nothinking_rate" in m for m in metrics)
 

@@ -51,3 +51,26 @@ def test_uninformative_groups_are_those_with_zero_advantage():
         in_g = groups == gid
         assert bool(keep[in_g].all()) == bool(adv[in_g].abs().max() > 0)
         assert bool(keep[in_g].all()) or not keep[in_g].any()
+
+
+def test_mask_truncated_takes_responses_that_hit_max_tokens_out_of_the_loss():
+    """algorithm.overlong.mask_truncated: a response of max_tokens tokens (cut, not finished) leaves the loss; the
+    shorter ones keep their mask; without it (buffer only) the mask is left alone."""
+    from rl.config.algorithm import OverlongConfig
+    from rl.core.batch import Batch
+    from rl.methods.dapo import Overlong
+
+    def batch():
+        responses = [[5, 6, 7, 8], [5, 6], [5, 6, 7, 8], [5]]  # max_tokens = 4: rows 0 and 2 were cut
+        return Batch.from_sequences([[1, 2]] * 4, responses, [[-1.0] * len(r) for r in responses], [0, 0, 1, 1], 0)
+
+    b = batch()
+    kept = b.response_mask.clone()
+    Overlong(OverlongConfig(mask_truncated=True), max_tokens=4).mask_tokens(b)
+    assert b.response_mask.sum(-1).tolist() == [0.0, 2.0, 0.0, 1.0]
+    assert torch.equal(b.response_mask[[1, 3]], kept[[1, 3]])
+    b = batch()
+    Overlong(OverlongConfig(buffer=2), max_tokens=4).mask_tokens(b)
+    assert torch.equal(b.response_mask, kept)
+    rewards = Overlong(OverlongConfig(buffer=2), max_tokens=4).shape_rewards(b, torch.ones(4), {})
+    assert rewards.tolist() == [0.0, 1.0, 0.0, 1.0]  # 1 + (L_max - L_buf - L) / L_buf at L = 4: 1 - 1
