@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,6 +88,19 @@ def test_reward_failures_skip_or_stop_never_zero(ray_cluster, tiny_model_path, t
     kept = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     assert step["reward/skipped_samples"] > 0 and step["reward/skipped_samples"] + len(kept) == 12  # all counted
     assert all(len(r["completion"]) % 2 == 0 for r in kept)  # exactly the samples the reward failed on left
+
+    # reward_policy.max_skip_frac: the same step (same seed, same samples) with the limit just under its share of
+    # failures stops there, naming the count and the key
+    skipped = int(step["reward/skipped_samples"])
+    limit = (skipped - 0.5) / 12
+    trainer = Trainer(_config(tiny_model_path, tmp_path / "stop", bad, "reward_policy.on_error=skip",
+                              f"reward_policy.max_skip_frac={limit}"))
+    try:
+        with pytest.raises(RewardError, match=rf"step 1: {skipped} of 12 samples could not be scored \(more than "
+                                              rf"reward_policy.max_skip_frac={limit}\)"):
+            trainer.train()
+    finally:
+        trainer.close()
 
     trainer = Trainer(_config(tiny_model_path, tmp_path / "fail", bad))
     try:
@@ -181,9 +195,9 @@ def test_secrets_stay_out_of_saved_configs():
 def test_ray_dashboard_is_off_or_on_loopback(tmp_path):
     from rl.config.run import RayConfig
 
-    assert ray_init_kwargs(RayConfig()) | {} == ray_init_kwargs(RayConfig()) and not RayConfig().dashboard
+    assert not RayConfig().dashboard and ray_init_kwargs(RayConfig())["include_dashboard"] is False
     kwargs = ray_init_kwargs(RayConfig(dashboard=True, num_cpus=1))
-    assert kwargs["dashboard_host"] == "127.0.0.1"
+    assert kwargs["include_dashboard"] is True and kwargs["dashboard_host"] == "127.0.0.1"
     import subprocess
     import sys
 
@@ -195,11 +209,73 @@ def test_ray_dashboard_is_off_or_on_loopback(tmp_path):
         "port = int(url.rsplit(':', 1)[1])\n"
         "hosts = sorted({c.laddr.ip for c in psutil.net_connections('inet') if c.status == 'LISTEN' "
         "and c.laddr.port == port})\n"
-        "import os; auth = os.environ.get('RAY_AUTH_MODE')\n"
-        "print(json.dumps({'url': url, 'hosts': hosts, 'auth': auth})); ray.shutdown()\n"
+        "print(json.dumps({'url': url, 'hosts': hosts})); ray.shutdown()\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["url"].startswith("127.0.0.1:") and info["hosts"] == ["127.0.0.1"], info
-    if os.environ.get("RAY_AUTH_MODE") is None:  # Ray's default for a local cluster: its services want the token
-        assert info["auth"] == "token", info
+
+
+CLIENT = """
+import sys, ray
+try:
+    ray.init(address=sys.argv[1], logging_level="ERROR")
+    print("CONNECTED", ray.get(ray.remote(lambda: 1).remote(), timeout=120))
+except Exception as e:
+    print("REFUSED", type(e).__name__)
+"""
+
+
+def test_a_client_without_the_token_is_refused_by_the_cluster_rlvr_starts(tmp_path):
+    """The local cluster that rl.cluster.start_ray starts (RAY_AUTH_MODE unset, Ray's default) wants its token: a
+    client with a wrong token, or none, is refused by the GCS; a client holding the cluster's token gets in."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"  # a fresh ~/.ray: the token is generated for this cluster
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(home)}
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import sys, ray\nfrom rl.cluster import start_ray\nfrom rl.config.run import RayConfig\n"
+         "start_ray(RayConfig(num_cpus=1))\nprint('GCS', ray.get_runtime_context().gcs_address, flush=True)\n"
+         "sys.stdin.read()\nray.shutdown()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parent.parent)
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("GCS "), line
+        gcs = line.split()[1]
+        token = (home / ".ray" / "auth_token").read_text().strip()
+        assert token, "start_ray started a cluster without a token"
+
+        def client(**extra):
+            e = {k: v for k, v in env.items()} | {"HOME": str(tmp_path / "elsewhere")} | extra
+            out = subprocess.run([sys.executable, "-c", CLIENT, gcs], capture_output=True, text=True, env=e,
+                                 timeout=300)
+            return out.stdout.strip().splitlines()[-1]
+
+        assert client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * len(token)) == "REFUSED ConnectionError"
+        assert client(RAY_AUTH_MODE="disabled") == "REFUSED ConnectionError"  # sends no token at all
+        assert client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token) == "CONNECTED 1"
+    finally:
+        server.stdin.close()
+        server.wait(timeout=120)
+
+
+def test_a_disk_that_cannot_hold_one_checkpoint_stops_the_run_before_it_starts(tiny_model_path, tmp_path):
+    """The start-up disk check: a checkpoint needs about 3x the weights (weights + two Adam moments). A model whose
+    weight file is larger than a third of the free space (a sparse file: its size, not its blocks) is refused before
+    anything is written, naming the space and the fix."""
+    import shutil
+
+    from rl.train.checkpoint import CheckpointError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    free = shutil.disk_usage(tmp_path).free
+    os.truncate(model / "model.safetensors", free // 2)  # 3 x free/2 > free
+    out = tmp_path / "out"
+    cfg = load_config("recipes/quickstart.yaml", [f"model.path={model}", f"output_dir={out}", *TINY_RUN])
+    with pytest.raises(CheckpointError, match=r"has [\d.]+ GiB free; a checkpoint needs about [\d.]+ GiB; free space "
+                                              r"or put output_dir on another disk"):
+        Trainer(cfg)
+    assert not out.exists()  # nothing written
