@@ -83,6 +83,19 @@ def test_resume_refuses_a_changed_run_and_allows_harmless_changes(uninterrupted,
     assert "allowed change: trainer.total_steps: 4 -> 6" in text and "continuing from" in text
     assert [r["step"] for r in train_steps(run) if "reward/mean" in r] == [1, 2, 3, 4, 5, 6]
 
+    # resume_force=true: a harmful change (the learning rate) is named and the run resumes anyway, from the checkpoint
+    run = tmp_path / "forced"
+    shutil.copytree(uninterrupted, run)
+    args = tiny_overrides(tiny_model_path, run, steps=5) + ["learner.optim.lr=2e-3", "resume_force=true"]
+    log = tmp_path / "forced.txt"
+    assert run_training(args, log=log) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "forced despite: learner.optim.lr" in text and "continuing from" in text
+    steps = [r for r in train_steps(run) if "reward/mean" in r]
+    before = [r for r in train_steps(uninterrupted) if "reward/mean" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5] and steps[:4] == before  # step 5 follows checkpoint 4
+    assert steps[4]["learner/lr"] == pytest.approx(2e-3) and before[3]["learner/lr"] != pytest.approx(2e-3)
+
 
 def test_checkpoints_are_loaded_without_pickle():
     """Every torch.load in the project refuses to unpickle code (checkpoints may come from anywhere)."""

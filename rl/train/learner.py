@@ -264,6 +264,14 @@ class Learner:
         state = torch.load(Path(folder) / "learner_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # the config's optimizer settings win over the checkpoint's (they differ only when resume_force=true let a
+        # change through): the schedule continues from its step with the configured base lr
+        o = self.cfg.optim
+        self.scheduler.base_lrs = [o.lr for _ in self.optimizer.param_groups]
+        for g, f in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            g.update(initial_lr=o.lr, lr=o.lr * f(self.scheduler.last_epoch), betas=tuple(o.betas), eps=o.eps,
+                     weight_decay=o.weight_decay)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["generator"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
