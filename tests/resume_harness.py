@@ -50,8 +50,9 @@ def tiny_overrides(model_path: str, output_dir: Path, steps: int = 4) -> list[st
 
 
 def run_training(overrides: list[str], kill_at: str | None = None, kill_after: float | None = None,
-                 log: Path | None = None, timeout: float = 900, term_after_step: int | None = None) -> int:
-    """`rlvr train recipes/quickstart.yaml ...` in its own process group. kill_at: a named kill point
+                 log: Path | None = None, timeout: float = 900, term_after_step: int | None = None,
+                 recipe: str = "recipes/quickstart.yaml", command: str = "train") -> int:
+    """`rlvr train RECIPE ...` (or another `command`) in its own process group. kill_at: a named kill point
     ("checkpoint_tmp:2", "learn:3", ...: the process SIGKILLs itself there); kill_after: SIGKILL the whole group after
     that many seconds; term_after_step: SIGTERM the driver alone once that training step is logged (a scheduler's
     pre-emption notice). Returns the exit code (-9 when killed); the whole group is killed at the end in any case."""
@@ -60,7 +61,7 @@ def run_training(overrides: list[str], kill_at: str | None = None, kill_after: f
     if kill_at:
         env["RLVR_KILL_AT"] = kill_at
     out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "rl.cli", "train", "recipes/quickstart.yaml", *overrides],
+    proc = subprocess.Popen([sys.executable, "-m", "rl.cli", command, recipe, *overrides],
                             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         if term_after_step is not None:
@@ -136,3 +137,60 @@ def compare_runs(a: Path, b: Path) -> list[str]:
     elif json.loads((a / "results.json").read_text()) != json.loads((b / "results.json").read_text()):
         diffs.append("results.json differ")
     return diffs
+
+
+# -- the resume matrix: one run per group of options that compose, each killed mid-run and resumed -----------------
+# name -> (recipe, extra overrides on tiny_overrides, preparation command or None, what the case exercises). The
+# overrides may name {prepared}: a folder in the case's work folder that the preparation writes.
+FACT_QA = "tests/data/factual_qa.json"  # 36 short factual questions in the knowrl layout (question, answers, title)
+MATRIX: dict[str, tuple[str, list[str], list[str] | None, str]] = {
+    "schedule_epochs_kl_dapo_hicra_dph": ("recipes/quickstart.yaml", [
+        "rewards=[{fn: 'tests.reward_fixtures:parity_unless_plus'}]",  # all-equal groups (a '+' question): refills
+        "learner.optim.schedule=cosine", "learner.optim.warmup_steps=2",
+        "learner.ppo_epochs=2", "learner.mini_batches=2",  # old log-probs recomputed, the learner's RNG shuffles
+        "algorithm.kl.coef=0.01",  # KL in the loss: the reference model
+        "algorithm.dynamic_sampling.max_tries=3", "algorithm.overlong.buffer=4", "algorithm.overlong.mask_truncated=true",
+        "rollout.sampling.stop=[a]",  # some responses stop early, the rest are truncated (and masked)
+        "algorithm.hicra.planning=strategic_grams", "algorithm.hicra.num_clusters=4", "algorithm.hicra.min_doc_freq=1",
+        "algorithm.hicra.ngram_min=2", "algorithm.hicra.ngram_max=2", "algorithm.hicra.refit_every=2",
+        "algorithm.length_penalty.coef=0.2",
+        "algorithm.divergence.name=forward_kl", "algorithm.divergence.eta=0.1", "algorithm.divergence.data={prepared}",
+        "algorithm.divergence.samples_per_step=4", "algorithm.divergence.prepare_k=2",
+        "algorithm.divergence.perfect_threshold=0.5",
+    ], ["dph-prepare"], "warmup + cosine, 2 epochs x 2 mini-batches, KL in the loss, dynamic sampling with refills, "
+        "overlong shaping + mask_truncated, HICRA strategic grams with refit, length penalty, DPH rows"),
+    "cure_kl_in_reward_armed": ("recipes/quickstart.yaml", [
+        "rollout.sampling.n=2", "rollout.cure.branches=1",
+        "algorithm.kl.coef=0.05", "algorithm.kl.in_reward=true",
+        "rewards=[{fn: 'tests.reward_fixtures:length_parity'}, {name: armed, weight: 0.5, kwargs: {window: 16}}]",
+    ], None, "CURE branching, KL in the reward, a stateful reward (ARMed's moving quantile)"),
+    "search": ("recipes/ikea_search_cpu.yaml", [
+        f"data.train.source={FACT_QA}", f"data.eval.source={FACT_QA}", "data.train.limit=24", "data.eval.offset=32",
+        "data.eval.limit=4", "data.max_prompt_tokens=320", "rollout.max_model_len=512",
+        f"rollout.search.knowledge.qa_data={FACT_QA}", "rollout.search.knowledge.cache_dir={prepared}",
+        "rewards=[{name: ikea}, {fn: 'tests.reward_fixtures:length_parity'}]",
+    ], None, "the search rollout (IKEA) and its reward"),
+    "adaptthink": ("recipes/adaptthink_cpu.yaml", [
+        "rollout.adaptive_thinking.thinking_max_tokens=12", "rollout.adaptive_thinking.nothinking_max_tokens=8",
+        "rewards=[{name: adaptthink, kwargs: {r_ref_file: '{prepared}/r_ref.jsonl'}}]",
+    ], ["adaptthink-prepare", "--k", "2", "--out", "{prepared}/r_ref.jsonl"], "AdaptThink's forced modes and loss"),
+}
+
+
+def matrix_overrides(name: str, model_path: str, run: Path, prepared: Path, steps: int = 4) -> list[str]:
+    """The case's overrides of tiny_overrides (a later key wins), {prepared} filled in."""
+    extra = [o.replace("{prepared}", str(prepared)) for o in MATRIX[name][1]]
+    keys = {o.split("=", 1)[0] for o in extra}
+    return [o for o in tiny_overrides(model_path, run, steps) if o.split("=", 1)[0] not in keys] + extra
+
+
+def prepare_case(name: str, model_path: str, prepared: Path, log: Path) -> None:
+    """The case's offline step, if it has one (DPH-RL's pi0 samples, AdaptThink's R_ref), writing `prepared`."""
+    recipe, _, command, _ = MATRIX[name]
+    prepared.mkdir(parents=True, exist_ok=True)
+    if command is None:
+        return
+    overrides = matrix_overrides(name, model_path, prepared.parent / f"{name}-prepare-run", prepared)
+    options = [a.replace("{prepared}", str(prepared)) for a in command[1:]]
+    code = run_training(overrides + options, log=log, recipe=recipe, command=command[0])
+    assert code == 0 and any(prepared.iterdir()), f"{name}: `rlvr {command[0]}` failed; see {log}"

@@ -26,6 +26,12 @@ def length_parity(prompts, completions, **kwargs):
     return [float(len(c) % 2 == 0) for c in completions]
 
 
+def parity_unless_plus(prompts, completions, **kwargs):
+    """length_parity, except 1.0 for every completion of an addition: those groups are all equal (dynamic sampling
+    drops them and refills)."""
+    return [1.0 if "+" in p else float(len(c) % 2 == 0) for p, c in zip(prompts, completions)]
+
+
 def returns(prompts, completions, values=None, **kwargs):
     """Returns `values` as they are (for the checks on what a reward returns)."""
     return values
