@@ -149,7 +149,8 @@ MATRIX: dict[str, tuple[str, list[str], list[str] | None, str]] = {
         "learner.optim.schedule=cosine", "learner.optim.warmup_steps=2",
         "learner.ppo_epochs=2", "learner.mini_batches=2",  # old log-probs recomputed, the learner's RNG shuffles
         "algorithm.kl.coef=0.01",  # KL in the loss: the reference model
-        "algorithm.dynamic_sampling.max_tries=3", "algorithm.overlong.buffer=4", "algorithm.overlong.mask_truncated=true",
+        "algorithm.dynamic_sampling.max_tries=3", "algorithm.overlong.buffer=2", "algorithm.overlong.mask_truncated=true",
+        "rollout.sampling.max_tokens=4",
         "rollout.sampling.stop=[a]",  # some responses stop early, the rest are truncated (and masked)
         "algorithm.hicra.planning=strategic_grams", "algorithm.hicra.num_clusters=4", "algorithm.hicra.min_doc_freq=1",
         "algorithm.hicra.ngram_min=2", "algorithm.hicra.ngram_max=2", "algorithm.hicra.refit_every=2",

@@ -248,8 +248,13 @@ class Hicra(Method):
         self.detector = PlanningDetector(cfg, seed)
 
     def shape_advantages(self, batch, step: int, metrics: dict) -> None:
-        responses = [batch.input_ids[i][batch.response_mask[i] > 0].tolist() for i in range(len(batch))]
-        flags, found = self.detector(None, responses, self.tokenizer, step)
+        # rows with no loss token (overlong.mask_truncated took them out) are neither fitted on nor flagged
+        live = [i for i in range(len(batch)) if bool((batch.response_mask[i] > 0).any())]
+        responses = [batch.input_ids[i][batch.response_mask[i] > 0].tolist() for i in live]
+        found_flags, found = self.detector(None, responses, self.tokenizer, step)
+        flags: list[list[bool]] = [[] for _ in range(len(batch))]
+        for i, f in zip(live, found_flags):
+            flags[i] = f
         batch.advantages = hicra_advantages(batch.advantages, dense_mask(batch.response_mask, flags), self.cfg.alpha)
         metrics |= found
 

@@ -204,6 +204,8 @@ class Learner:
             )
             for term in self.terms:
                 loss = term.on_loss(loss, x, stats)
+            if not loss.requires_grad:  # no loss token in this micro-batch (all masked): a zero gradient, not an error
+                loss = loss + 0.0 * logp.sum()
             loss.backward()
             stats["loss"] += float(loss.detach())
             stats["entropy"] += float((entropy.detach() * mask).sum()) / num_tokens
