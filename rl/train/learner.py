@@ -204,9 +204,8 @@ class Learner:
             )
             for term in self.terms:
                 loss = term.on_loss(loss, x, stats)
-            if not loss.requires_grad:  # no loss token in this micro-batch (all masked): a zero gradient, not an error
-                loss = loss + 0.0 * logp.sum()
-            loss.backward()
+            if loss.requires_grad:  # else no loss token in this micro-batch (all masked): no gradient from it
+                loss.backward()
             stats["loss"] += float(loss.detach())
             stats["entropy"] += float((entropy.detach() * mask).sum()) / num_tokens
             entropies.append(entropy.detach()[mask != 0].float().cpu())
@@ -220,6 +219,10 @@ class Learner:
             for q, v in zip(ENTROPY_PERCENTILES, torch.quantile(all_h, torch.tensor(ENTROPY_PERCENTILES) / 100.0)):
                 stats[f"entropy_p{q}"] = float(v)
         clip = self.cfg.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if all(p.grad is None for p in params):  # every row of this mini-batch masked: zero gradient (Adam steps)
+            for p in params:
+                p.grad = torch.zeros_like(p)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
         if torch.isfinite(grad_norm):
             self.optimizer.step()
