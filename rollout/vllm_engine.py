@@ -61,6 +61,9 @@ class VLLMEngine(RolloutEngine):
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(regex=sampling.regex) if sampling.regex is not None else None
 
         params = [
             SamplingParams(
@@ -73,6 +76,7 @@ class VLLMEngine(RolloutEngine):
                 seed=seed,
                 stop=list(sampling.stop) or None,
                 include_stop_str_in_output=True,
+                structured_outputs=structured,
             )
             for seed in seeds
         ]

@@ -169,8 +169,12 @@ MATRIX: dict[str, tuple[str, list[str], list[str] | None, str]] = {
         f"data.train.source={FACT_QA}", f"data.eval.source={FACT_QA}", "data.train.limit=24", "data.eval.offset=32",
         "data.eval.limit=4", "data.max_prompt_tokens=320", "rollout.max_model_len=512",
         f"rollout.search.knowledge.qa_data={FACT_QA}", "rollout.search.knowledge.cache_dir={prepared}",
+        "rollout.search.max_searches=2", "rollout.search.top_k=1",
+        # a random model never writes <search>: structured outputs make each turn a search or an answer, its choice
+        "rollout.sampling.regex='<search>(capital of France|author of Rebecca)</search>|<answer>[a-z]{1,4}</answer>'",
+        "rollout.sampling.max_tokens=96",
         "rewards=[{name: ikea}, {fn: 'tests.reward_fixtures:length_parity'}]",
-    ], None, "the search rollout (IKEA) and its reward"),
+    ], None, "the search rollout (IKEA: retrieval, injection, masking, seeded continuations) and its reward"),
     "adaptthink": ("recipes/adaptthink_cpu.yaml", [
         "rollout.adaptive_thinking.thinking_max_tokens=12", "rollout.adaptive_thinking.nothinking_max_tokens=8",
         "rewards=[{name: adaptthink, kwargs: {r_ref_file: '{prepared}/r_ref.jsonl'}}]",

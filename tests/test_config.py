@@ -308,3 +308,13 @@ def test_a_checkpoint_config_in_the_old_spelling_reads_as_the_same_run():
     old["algorithm"]["hicra"]["alpha"] = 0.2  # HICRA was on in that run and is off in this one
     harmful, _ = config_changes(old, new)
     assert harmful == ["algorithm.hicra.alpha: 0.2 -> '<unset>'", "algorithm.hicra.planning: 'phrases' -> '<unset>'"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rollout.engine=hf", "rollout.sampling.regex='<a>'"],
+     r"rollout.sampling.regex needs rollout.engine=vllm .* remove rollout.sampling.regex"),
+    (["rollout.eval_sampling.regex='(unclosed'"], r"rollout.eval_sampling.regex='\(unclosed' is not a regular expression"),
+])
+def test_a_sampling_regex_is_refused_where_it_cannot_work(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

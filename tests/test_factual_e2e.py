@@ -49,18 +49,41 @@ def test_knowrl_abstention_and_armed_run_and_armed_state_is_checkpointed(ray_clu
     assert len(state["rewards"]["armed"]["pending"]) == 2 * 4
 
 
-def test_search_rollout_runs_with_the_ikea_reward(ray_cluster, tiny_model_path, tmp_path):
-    from rl.train.trainer import train
+def test_search_rollout_retrieves_injects_and_masks_on_vllm(ray_cluster, tiny_model_path, tmp_path):
+    """A random tiny model never writes <search>, so the engine is made to: rollout.sampling.regex (vLLM structured
+    outputs) forces every turn to be `<search>capital of France</search>`. Turn 0 searches and gets the top passage;
+    turn 1's search is past max_searches=1 and gets the limit message; turn 2 answers (forced to search again, with
+    no passages). Checked from the run's files: the passage the knowledge source ranks first is in every
+    completion, the environment's tokens (passage + limit message) are exactly the masked ones, and the IKEA reward
+    counted the searches."""
+    from transformers import AutoTokenizer
 
-    run = tmp_path / "run"
+    from rewards.knowledge import PassageStore
+    from rl.train.trainer import train
+    from rollout.search import LIMIT_REACHED, information_block
+
+    run, query = tmp_path / "run", "capital of France"
+    forced = f"<search>{query}</search>"
     overrides = factual_overrides(tiny_model_path, run, steps=1) + [
         f"rollout.search.knowledge.cache_dir={tmp_path}/cache", f"rollout.search.knowledge.qa_data={QA}",
-        "rollout.max_model_len=896",
-        "rollout.sampling.max_tokens=24", "rollout.eval_sampling.max_tokens=16",
+        "rollout.search.max_searches=1", "rollout.search.top_k=1", "rollout.max_model_len=896",
+        f"rollout.sampling.regex='{forced}'", f"rollout.eval_sampling.regex='{forced}'",
+        "rollout.sampling.max_tokens=160", "rollout.eval_sampling.max_tokens=160",
     ]
-    train(load_config("recipes/ikea_search_cpu.yaml", overrides))
+    cfg = load_config("recipes/ikea_search_cpu.yaml", overrides)
+    train(cfg)
+    top = PassageStore.from_config(cfg.rollout.search.knowledge).search(query, 1)[0]
+    info = information_block([f"{top.title}: {top.text}"], cfg.rollout.search.max_passage_words)
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    n_env = len(tok.encode(info, add_special_tokens=False)) + len(tok.encode(LIMIT_REACHED, add_special_tokens=False))
+    rollouts = [json.loads(x) for x in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 2 * 4  # prompts_per_step x n
+    for r in rollouts:
+        assert r["completion"] == forced + info + forced + LIMIT_REACHED + forced, r["completion"]
+        assert r["masked_tokens"] == n_env
+        assert r["reward_info"]["ikea"]["searches"] == 3
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert any("reward/ikea/searches" in m for m in steps)
+    assert [m["reward/ikea/searches"] for m in steps if "reward/ikea/searches" in m] == [3.0]
 
 
 def test_ikea_and_klcf_prepare(ray_cluster, tiny_model_path, tmp_path):

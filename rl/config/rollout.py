@@ -4,6 +4,7 @@ A rollout mode's section is optional: absent (or null) is off, present is on; at
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from rl.config.errors import ANY_ON_RESUME, ConfigError, check, did_you_mean
@@ -20,6 +21,10 @@ class SamplingConfig:
     top_k: int = -1  # -1: off
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)  # stop strings, kept at the end of the text (a tool call's tag)
+    # Every response (each turn of a multi-turn rollout) must match this regular expression: vLLM's structured
+    # outputs (rollout.engine=vllm only), e.g. to force a tool call's format. The sampler log-probs logged are then
+    # the constrained distribution's (a forced token's is 0); the learner's ratio uses its own log-probs, not these.
+    regex: str | None = None
 
     def check(self, key: str, prompt_tokens: int, max_model_len: int) -> None:
         """A ConfigError naming `key` (rollout.sampling or rollout.eval_sampling) and the fix, for values an engine
@@ -138,6 +143,15 @@ class RolloutConfig:
         check(self.engine in ENGINES, f"{key}.engine={self.engine!r}; choose one of {sorted(ENGINES)}")
         check(self.num_engines >= 1, f"{key}.num_engines must be >= 1")
         check(self.sampling.n >= 1, f"{key}.sampling.n must be >= 1")
+        for name in ("sampling", "eval_sampling"):
+            regex = getattr(self, name).regex
+            if regex is not None:
+                check(self.engine == "vllm", f"{key}.{name}.regex needs rollout.engine=vllm (structured outputs); "
+                      f"the {self.engine} engine cannot constrain sampling: remove {key}.{name}.regex")
+                try:
+                    re.compile(regex)
+                except re.error as e:
+                    raise ConfigError(f"{key}.{name}.regex={regex!r} is not a regular expression: {e}") from None
         on = self.modes()
         check(len(on) <= 1, f"{' and '.join(key + '.' + n for n in on)} cannot be on together; remove all but one")
         for name in on:

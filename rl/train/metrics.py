@@ -134,13 +134,16 @@ def rollout_metrics(groups, batch, golds: Callable[[], list] | None) -> dict[str
 
 def write_rollouts(path: Path, step: int, groups) -> None:
     """Append a step's samples to rollouts.jsonl: row, completion, reward, finish reason, a CURE continuation's
-    reused prefix length, and what the reward functions returned beside the value."""
+    reused prefix length, how many response tokens the environment wrote (out of the loss: retrieved passages,
+    forced tags), and what the reward functions returned beside the value."""
     with open(path, "a", encoding="utf-8") as f:
         for r, samples, scores in groups:
             for s, rew, info in zip(samples, scores.total.tolist(), scores.info):
                 record = {"step": step, "row": r, "completion": s.text, "reward": rew, "finish": s.finish_reason}
                 if s.prefix_len:  # a CURE continuation: its first prefix_len tokens came from another sample
                     record["prefix_len"] = s.prefix_len
+                if s.loss_mask is not None and 0 in s.loss_mask:
+                    record["masked_tokens"] = s.loss_mask.count(0)
                 if info:  # what the reward functions returned beside the value, per function
                     record["reward_info"] = info
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
