@@ -18,15 +18,25 @@ def _import(path: str):
     return getattr(__import__(module, fromlist=[name]), name)
 
 
-@ray.remote
+@ray.remote(concurrency_groups={"probe": 1})
 class RolloutActor:
-    """Thin actor around one engine."""
+    """Thin actor around one engine. Its calls run one at a time; `running` answers on a thread of its own."""
 
     def __init__(self, engine: str, model_path: str, kwargs: dict):
         self.engine: RolloutEngine = _import(ENGINES[engine])(model_path, **kwargs)
+        self._running: str | None = None
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
-        return self.engine.generate(prompts, sampling, seeds)
+        self._running = "generate"
+        try:
+            return self.engine.generate(prompts, sampling, seeds)
+        finally:
+            self._running = None
+
+    @ray.method(concurrency_group="probe")
+    def running(self) -> str | None:
+        """The engine call in progress now (\"generate\"), or None: answers while a generate runs."""
+        return self._running
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.update_weights(state_dict)

@@ -35,37 +35,51 @@ def _config(tiny_model_path, tmp_path, *extra):
 
 
 def test_a_killed_engine_is_replaced_resynced_and_its_prompts_redone(ray_cluster, tiny_model_path):
+    """Engine 1 dies between calls, engine 0 during one (seen running `generate` just before the kill, replaced in
+    that same call). The redone samples are the synced weights' (the same tokens as before the kills), not the
+    model folder's: the replacement was resynced."""
     ray = ray_cluster
     fleet = RolloutFleet(RolloutConfig(num_engines=2, dtype="float32", kv_cache_gib=1, max_model_len=256,
                                        num_cpus_per_engine=0.25), tiny_model_path)
     try:
         from transformers import AutoModelForCausalLM
 
+        prompts = [[1, 504, 3458 + i, 28] for i in range(8)]
+        sampling = SamplingConfig(n=3, temperature=1.0, max_tokens=48)
+        seeds = list(range(100, 108))
+        tokens = lambda groups: [[s.response_ids for s in g] for g in groups]  # noqa: E731
+        unsynced = tokens(fleet.generate(prompts, sampling, seeds))  # the model folder's weights
         weights = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).state_dict()
         changed = {k: v * 1.5 if "layers.0.mlp" in k else v for k, v in weights.items()}  # trained weights
         fleet.update_weights(changed)
         fleet.weights_source = lambda: ray.put(changed)  # what the trainer points at the learner
-        prompts = [[1, 504, 3458 + i, 28] for i in range(8)]
-        sampling = SamplingConfig(n=3, temperature=1.0, max_tokens=48)
-        seeds = list(range(100, 108))
-        reference = fleet.generate(prompts, sampling, seeds)
+        reference = tokens(fleet.generate(prompts, sampling, seeds))
+        assert reference != unsynced  # the sync changes what the engines sample
 
         ray.kill(fleet.actors[1])  # dead before the call
-        again = fleet.generate(prompts, sampling, seeds)
+        again = tokens(fleet.generate(prompts, sampling, seeds))
         assert fleet.restarts == 1
 
+        long_sampling = SamplingConfig(n=4, temperature=1.0, max_tokens=160)  # seconds: time to see it running
         result = {}
-        call = threading.Thread(target=lambda: result.setdefault("groups", fleet.generate(prompts, sampling, seeds)))
+        call = threading.Thread(target=lambda: result.setdefault("groups", fleet.generate(prompts, long_sampling,
+                                                                                           seeds)))
+        victim = fleet.actors[0]
         call.start()
-        time.sleep(0.2)
-        ray.kill(fleet.actors[0])  # dies during the call
+        deadline = time.time() + 60
+        while ray.get(victim.running.remote()) != "generate":
+            assert time.time() < deadline, "engine 0 never started the generate call"
+            time.sleep(0.01)
+        ray.kill(victim)  # dies during the call
         call.join()
-        assert fleet.restarts == 2
-        for groups in (again, result["groups"]):
-            assert len(groups) == len(prompts) and all(len(g) == 3 for g in groups)  # none lost, none doubled
-            assert [g[0].prompt_ids for g in groups] == prompts
-            # the replacement loaded the synced weights: the same tokens as before the kills
-            assert [[s.response_ids for s in g] for g in groups] == [[s.response_ids for s in g] for g in reference]
+        assert fleet.restarts == 2  # replaced within that call: the kill came before the call returned
+        assert fleet.actors[0] is not victim
+        groups = result["groups"]
+        assert len(groups) == len(prompts) and all(len(g) == 4 for g in groups)  # none lost, none doubled
+        assert [g[0].prompt_ids for g in groups] == prompts
+        # the replacements loaded the synced weights: the same tokens as before the kills, not the folder's
+        assert again == reference
+        assert tokens(fleet.generate(prompts, sampling, seeds)) == reference
 
         fleet.cfg.max_engine_restarts = 0
         ray.kill(fleet.actors[0])
