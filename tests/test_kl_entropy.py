@@ -205,3 +205,16 @@ def test_masked_mean():
     assert masked_mean(x, m, dim=-1).tolist() == [1.0, 6.0]
     assert masked_mean(x, m.bool(), dim=0).tolist() == [3.0, 7.0]
     assert float(masked_mean(x, torch.zeros_like(m))) == 0.0
+
+
+def test_quantile_is_torch_quantile_and_takes_more_than_2_to_the_24_elements():
+    from rl.core.entropy import quantile
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 1000):
+        x = torch.randn(n, generator=g)
+        for q in (0.0, 0.1, 0.5, 0.8, 0.999, 1.0):
+            torch.testing.assert_close(quantile(x, q), torch.quantile(x, q), rtol=1e-6, atol=1e-6)  # positions: float64
+    big = torch.arange(2**24 + 2, dtype=torch.float64)  # torch.quantile: "input tensor is too large"
+    assert float(quantile(big, 0.5)) == (2**24 + 1) / 2
+    assert quantile(big, [0.0, 1.0]).tolist() == [0.0, 2**24 + 1]

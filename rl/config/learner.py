@@ -45,6 +45,8 @@ class LearnerConfig:
     # read it once (rl/core/packing.py); the values are those of the padded layout, to rounding
     pack_max_tokens: int = field(default=1024, metadata=ANY_ON_RESUME)  # tokens per packed row (attention costs its
     # square); a longer sample packs alone
+    head_chunk_tokens: int = field(default=1024, metadata=ANY_ON_RESUME)  # rows of logits alive at a time in the
+    # fused output layer + log-prob + entropy (rl/core/fused_head.py); memory for the head is O(this x vocab)
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus -coef * H to each token's loss
     num_threads: int | None = field(default=None, metadata=ANY_ON_RESUME)  # torch CPU threads; None: all cores
     num_cpus: float = field(default=0.5, metadata=ANY_ON_RESUME)  # Ray scheduling
@@ -56,6 +58,7 @@ class LearnerConfig:
         check(self.micro_batch_size >= 1, f"{key}.micro_batch_size must be >= 1")
         check(self.pack_max_tokens >= 1,
               f"{key}.pack_max_tokens={self.pack_max_tokens}: must be >= 1 (tokens per packed row)")
+        check(self.head_chunk_tokens >= 1, f"{key}.head_chunk_tokens={self.head_chunk_tokens}: must be >= 1")
         check(self.ppo_epochs >= 1 and self.mini_batches >= 1, f"{key}.ppo_epochs and {key}.mini_batches must be >= 1")
 
     def check_precision(self, key: str) -> None:

@@ -7,7 +7,7 @@ copy is never held whole for autograd either. Chunking changes neither values no
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -64,6 +64,20 @@ def entropy_from_logits(logits: Tensor, chunk_size: int = DEFAULT_CHUNK_ROWS) ->
     """
     rows = logits.reshape(-1, logits.shape[-1])
     return _over_row_chunks(_entropy, rows, chunk_size=chunk_size).reshape(logits.shape[:-1])
+
+
+def quantile(values: Tensor, q: float | Sequence[float]) -> Tensor:
+    """torch.quantile's default (linear interpolation between the order statistics at (n - 1) q), for a 1-D tensor
+    of any size: torch.quantile refuses more than 2^24 elements, which one step of long responses exceeds."""
+    qs = torch.as_tensor(q, dtype=torch.float64)
+    if values.numel() == 0:
+        raise ValueError("quantile of an empty tensor")
+    s = values.flatten().sort().values
+    pos = qs * (s.numel() - 1)
+    lo = pos.floor().long()
+    hi = torch.minimum(lo + 1, torch.tensor(s.numel() - 1))
+    frac = (pos - lo).to(s.dtype)
+    return torch.lerp(s[lo], s[hi], frac)
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from rl.config.algorithm import TokenWeightConfig
+from rl.core.entropy import quantile
 from rl.core.registry import TOKEN_WEIGHTS
 
 STEER_M_FLOOR = 0.02  # exponential mode: k = -ln(lambda_min) / max(max m, 0.02)
@@ -94,7 +95,7 @@ def entropy_threshold(entropy: Tensor, mask: Tensor, rho: float) -> float:
     values = entropy.detach()[mask != 0].float()
     if rho >= 1 or values.numel() == 0:
         return -math.inf
-    return float(torch.quantile(values, 1 - rho))
+    return float(quantile(values, 1 - rho))
 
 
 @TOKEN_WEIGHTS.register("high_entropy")

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, get_scheduler
 from rl.config.algorithm import DivergenceConfig, KLConfig, PolicyLossConfig, TokenWeightConfig
 from rl.config.learner import LearnerConfig
 from rl.core.batch import Batch
-from rl.core.entropy import entropy_from_logits, logprobs_from_logits
+from rl.core.entropy import quantile
+from rl.core.fused_head import fused_logprobs_entropy
 from rl.core.loss_terms import TermInputs, build_terms
 from rl.core.losses import POLICY_LOSSES, aggregate_loss, resolve_agg_mode
 from rl.core.packing import pack_shared_prompts
@@ -54,6 +55,9 @@ class Learner:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
         if getattr(self.model.config, "final_logit_softcapping", None):
             raise ValueError("models with final_logit_softcapping (e.g. Gemma 2) are not supported by the learner yet")
+        if type(self.model.get_output_embeddings()) is not torch.nn.Linear:
+            raise ValueError(f"the learner's fused output layer needs a plain nn.Linear head; {model_path} has "
+                             f"{type(self.model.get_output_embeddings()).__name__}")
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.ref_model = None
@@ -81,8 +85,9 @@ class Learner:
         """Token log-probs [B, T] aligned with input_ids (0 off the response), and optionally per-token entropy.
 
         The decoder runs under autocast when learner.mixed_precision is set (master weights stay in learner.dtype);
-        the output layer runs in learner.dtype and only at positions that predict a response token, which saves most of
-        the [B, T, vocab] logits. Rows that share a prompt go through the decoder packed (rl/core/packing.py).
+        the output layer runs in learner.dtype, only at positions that predict a response token, fused with the
+        log-prob and entropy in chunks of learner.head_chunk_tokens rows (rl/core/fused_head.py: the [tokens, vocab]
+        logits are never built). Rows that share a prompt go through the decoder packed (rl/core/packing.py).
         """
         ids = mb.input_ids
         rows, cols = torch.nonzero(mb.response_mask[:, 1:] > 0, as_tuple=True)  # position p predicts token p + 1
@@ -98,14 +103,15 @@ class Learner:
             self._read[1] += packed.real_tokens
         head = model.get_output_embeddings()
         source = packed.where.to(self.device)[rows, cols]
-        logits = head(hidden.reshape(-1, hidden.shape[-1])[source].to(head.weight.dtype))
+        token_logp, token_h = fused_logprobs_entropy(hidden.reshape(-1, hidden.shape[-1])[source], head.weight,
+                                                     head.bias, ids[rows, cols + 1], self.cfg.head_chunk_tokens,
+                                                     with_entropy)
         logp = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
-        logp[rows, cols + 1] = logprobs_from_logits(logits, ids[rows, cols + 1])
+        logp[rows, cols + 1] = token_logp.float()
         entropy = None
         if with_entropy:
             entropy = torch.zeros_like(logp)
-            with torch.set_grad_enabled(self.entropy_grad and torch.is_grad_enabled()):
-                entropy[rows, cols + 1] = entropy_from_logits(logits if self.entropy_grad else logits.detach())
+            entropy[rows, cols + 1] = (token_h if self.entropy_grad else token_h.detach()).float()
         return logp, entropy
 
     @torch.no_grad()
@@ -216,7 +222,7 @@ class Learner:
         stats["padding_frac"] = 1.0 - self._read[1] / max(self._read[0], 1)
         all_h = torch.cat(entropies)
         if all_h.numel():
-            for q, v in zip(ENTROPY_PERCENTILES, torch.quantile(all_h, torch.tensor(ENTROPY_PERCENTILES) / 100.0)):
+            for q, v in zip(ENTROPY_PERCENTILES, quantile(all_h, [p / 100.0 for p in ENTROPY_PERCENTILES])):
                 stats[f"entropy_p{q}"] = float(v)
         clip = self.cfg.optim.grad_clip
         params = [p for p in self.model.parameters() if p.requires_grad]
