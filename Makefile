@@ -30,7 +30,7 @@ train: setup
 	$(VENV)/bin/rlvr train recipes/quickstart.yaml $(ARGS)
 
 test: setup
-	$(VENV)/bin/python -m pytest -q -ra tests $(ARGS)
+	$(VENV)/bin/python -m pytest -q -ra --durations=25 tests $(ARGS)
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not integration" tests $(ARGS)

@@ -164,7 +164,8 @@ MATRIX: dict[str, tuple[str, list[str], list[str] | None, str]] = {
         "rollout.sampling.n=2", "rollout.cure.branches=1",
         "algorithm.kl.coef=0.05", "algorithm.kl.in_reward=true",
         "rewards=[{fn: 'tests.reward_fixtures:length_parity'}, {name: armed, weight: 0.5, kwargs: {window: 16}}]",
-    ], None, "CURE branching, KL in the reward, a stateful reward (ARMed's moving quantile)"),
+        "learner.lora={rank: 4, alpha: 8}",  # the reference for the KL is the base with the adapter off
+    ], None, "CURE branching, KL in the reward, a stateful reward (ARMed's moving quantile), LoRA"),
     "search": ("recipes/ikea_search_cpu.yaml", [
         f"data.train.source={FACT_QA}", f"data.eval.source={FACT_QA}", "data.train.limit=24", "data.eval.offset=32",
         "data.eval.limit=4", "data.max_prompt_tokens=320", "rollout.max_model_len=512",

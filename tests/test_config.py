@@ -194,7 +194,8 @@ def test_harmless_keys_on_resume_come_from_field_metadata():
         "rollout.eval_sampling", "rollout.num_engines", "rollout.num_cpus_per_engine", "rollout.num_gpus_per_engine",
         "rollout.num_threads", "rollout.gpu_memory_utilization", "rollout.kv_cache_gib", "rollout.max_engine_restarts",
         "learner.num_cpus", "learner.num_gpus", "learner.num_threads", "learner.micro_batch_size",
-        "learner.gradient_checkpointing", "learner.share_prompts", "learner.pack_max_tokens", "reward_policy.timeout_s",
+        "learner.gradient_checkpointing", "learner.head_chunk_tokens", "learner.max_tokens_per_micro_batch",
+        "learner.share_prompts", "learner.pack_max_tokens", "reward_policy.timeout_s",
         "rollout.dtype", "learner.mixed_precision"}
     old = to_dict(load_config("recipes/quickstart.yaml"))
     new = to_dict(load_config("recipes/quickstart.yaml", [

@@ -21,8 +21,8 @@ def make_batch(seed: int = 0) -> Batch:
     return batch
 
 
-def grads_after_one_step(path: str, micro: int, agg: str) -> dict[str, torch.Tensor]:
-    cfg = LearnerConfig(micro_batch_size=micro, optim=OptimConfig(lr=1e-3, grad_clip=0.0), num_threads=1)
+def grads_after_one_step(path: str, micro: int, agg: str, **learner_kw) -> dict[str, torch.Tensor]:
+    cfg = LearnerConfig(micro_batch_size=micro, optim=OptimConfig(lr=1e-3, grad_clip=0.0), num_threads=1, **learner_kw)
     learner = Learner(path, cfg, PolicyLossConfig(agg_mode=agg), None, total_steps=1, max_response_tokens=8)
     learner.model.to(torch.float64)
     before = {k: v.clone() for k, v in learner.model.state_dict().items()}
@@ -39,6 +39,27 @@ def test_micro_batching_does_not_change_the_update(tiny_model_path, agg):
     assert moved > 0
     for k in full:
         assert torch.allclose(full[k], split[k], atol=1e-9, rtol=1e-6), k
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum-norm"])
+def test_a_token_budget_per_micro_batch_does_not_change_the_update(tiny_model_path, agg):
+    full = grads_after_one_step(tiny_model_path, micro=6, agg=agg)
+    budget = grads_after_one_step(tiny_model_path, micro=6, agg=agg, max_tokens_per_micro_batch=16)
+    for k in full:
+        assert torch.allclose(full[k], budget[k], atol=1e-9, rtol=1e-6), k
+
+
+@pytest.mark.parametrize("share_prompts", [True, False])
+def test_micro_batches_keep_to_the_token_budget(tiny_model_path, share_prompts):
+    """Rows x longest row <= the budget (a row longer than the budget alone), every row exactly once."""
+    cfg = LearnerConfig(micro_batch_size=4, max_tokens_per_micro_batch=20, share_prompts=share_prompts, num_threads=1)
+    learner = Learner(tiny_model_path, cfg, PolicyLossConfig(), None, total_steps=1, max_response_tokens=8)
+    batch = make_batch()
+    micro = learner._micro(batch)
+    assert sorted(r for rows, _ in micro for r in rows.tolist()) == list(range(len(batch)))
+    for rows, mb in micro:
+        assert len(rows) <= 4 and (len(rows) == 1 or mb.input_ids.numel() <= 20), (rows, mb.input_ids.shape)
+    assert len(micro) > 2  # the budget, not the 4 rows, split it (6 rows of 6-10 tokens)
 
 
 def test_positive_advantage_raises_its_tokens_logprob(tiny_model_path):

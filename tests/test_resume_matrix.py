@@ -41,6 +41,7 @@ EXERCISED = {
         "CURE branched": min(_series(run, "cure/prefix_len")) > 0,
         "KL in the reward": max(_series(run, "kl_in_reward")) > 0,
         "ARMed's threshold moved between steps": len(set(_series(run, "reward/armed/tau"))) > 1,
+        "LoRA adapters checkpointed": (run / "checkpoints" / f"step_{STEPS:06d}" / "adapter").is_dir(),
     },
     "search": lambda run: {
         "some samples searched, some answered at once": 0 < min(_series(run, "reward/ikea/searches"))

@@ -32,12 +32,33 @@ DTYPES = ("float32", "bfloat16", "float16")  # learner.dtype
 
 
 @dataclass
+class LoraConfig:
+    """LoRA (peft): the policy trains low-rank adapters on the frozen base weights; the reference policy is the base
+    with the adapter disabled (no second copy); engines get the merged weights."""
+
+    rank: int = 16
+    alpha: float = 32.0  # the update is scaled by alpha / rank
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                "up_proj", "down_proj"])  # or ["all-linear"]
+    dropout: float = 0.0
+
+    def check(self, key: str) -> None:
+        check(self.rank >= 1, f"{key}.rank={self.rank}: must be >= 1")
+        check(self.alpha > 0, f"{key}.alpha={self.alpha}: must be > 0")
+        check(0 <= self.dropout < 1, f"{key}.dropout={self.dropout}: must be in [0, 1)")
+        check(bool(self.target_modules), f"{key}.target_modules is empty: name the layers to adapt (or all-linear)")
+
+
+@dataclass
 class LearnerConfig:
     dtype: str = "float32"  # master weights and optimizer state: one of DTYPES
     mixed_precision: str | None = field(default=None, metadata=ANY_ON_RESUME)  # "bfloat16" / "float16": the decoder
     # runs under autocast; None: off. A run's config defaults to "auto" (rl/config/run.py; bfloat16 where the hardware
     # has native bf16, else off: rl/models/precision.py); numerics, not the run: auto may choose otherwise elsewhere
     micro_batch_size: int = field(default=8, metadata=ANY_ON_RESUME)  # rows per forward/backward; not the gradient
+    max_tokens_per_micro_batch: int | None = field(default=None, metadata=ANY_ON_RESUME)  # also at most this many
+    # tokens (rows x the longest row, as the forward reads them) per micro-batch; rows go by length, so a budget
+    # holds many short rows or few long ones. None: rows only
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass
     gradient_checkpointing: bool = field(default=False, metadata=ANY_ON_RESUME)
@@ -52,14 +73,19 @@ class LearnerConfig:
     num_cpus: float = field(default=0.5, metadata=ANY_ON_RESUME)  # Ray scheduling
     num_gpus: float | None = field(default=None, metadata=ANY_ON_RESUME)  # None: 1 when the cluster has GPUs, else 0
     optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig | None = None  # present: train LoRA adapters (peft) instead of every weight
 
     def check(self, key: str) -> None:
         """The checks of the section alone (the count of mini-batches against the samples: rl/config/run.py)."""
         check(self.micro_batch_size >= 1, f"{key}.micro_batch_size must be >= 1")
         check(self.pack_max_tokens >= 1,
               f"{key}.pack_max_tokens={self.pack_max_tokens}: must be >= 1 (tokens per packed row)")
+        check(self.max_tokens_per_micro_batch is None or self.max_tokens_per_micro_batch >= 1,
+              f"{key}.max_tokens_per_micro_batch={self.max_tokens_per_micro_batch}: must be >= 1 or null (rows only)")
         check(self.head_chunk_tokens >= 1, f"{key}.head_chunk_tokens={self.head_chunk_tokens}: must be >= 1")
         check(self.ppo_epochs >= 1 and self.mini_batches >= 1, f"{key}.ppo_epochs and {key}.mini_batches must be >= 1")
+        if self.lora is not None:
+            self.lora.check(f"{key}.lora")
 
     def check_precision(self, key: str) -> None:
         check(self.dtype in DTYPES, f"{key}.dtype={self.dtype!r}; choose one of {list(DTYPES)}"

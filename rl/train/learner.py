@@ -52,7 +52,10 @@ class Learner:
             mixed = detect()[0]
         self.autocast_dtype = getattr(torch, mixed) if mixed and mixed != "float32" else None
         dtype = getattr(torch, cfg.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
+        # with LoRA the base weights are always the original model's (a checkpoint's model/ folder holds the merged
+        # weights; its adapter/ folder is loaded by load_state)
+        base = (ref_model_path or model_path) if cfg.lora is not None else model_path
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(self.device)
         if getattr(self.model.config, "final_logit_softcapping", None):
             raise ValueError("models with final_logit_softcapping (e.g. Gemma 2) are not supported by the learner yet")
         if type(self.model.get_output_embeddings()) is not torch.nn.Linear:
@@ -60,14 +63,17 @@ class Learner:
                              f"{type(self.model.get_output_embeddings()).__name__}")
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        if cfg.lora is not None:
+            self.model = _with_lora(self.model, cfg.lora, cfg.gradient_checkpointing)
         self.ref_model = None
-        if kl is not None:  # the reference policy is loaded only when a KL term uses it
+        if kl is not None and cfg.lora is None:  # the reference policy is loaded only when a KL term uses it (with
+            # LoRA it is the base: the adapter disabled)
             ref = ref_model_path or model_path  # on resume the policy comes from the checkpoint, the reference not
             self.ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype).to(self.device).eval()
             self.ref_model.requires_grad_(False)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
         )
         self.scheduler = get_scheduler(
             o.schedule, self.optimizer, num_warmup_steps=o.warmup_steps,
@@ -117,6 +123,9 @@ class Learner:
     @torch.no_grad()
     def compute_logprobs(self, batch: Batch, reference: bool = False) -> torch.Tensor:
         """Log-probs of the batch's tokens under the current (or reference) model, without gradient."""
+        if reference and self.cfg.lora is not None:  # the base policy: the adapter off
+            with self.model.disable_adapter():
+                return self.compute_logprobs(batch)
         model = self.ref_model if reference else self.model
         if model is None:
             raise RuntimeError("reference log-probs asked for, but no reference model is loaded (no algorithm.kl)")
@@ -133,7 +142,8 @@ class Learner:
                 self._unsplit([p[1].cpu() for p in parts], micro, batch))
 
     def _micro(self, batch: Batch) -> list[tuple[torch.Tensor, Batch]]:
-        """Micro-batches of at most micro_batch_size rows of similar length, each trimmed to its longest row, with
+        """Micro-batches of similar length (at most micro_batch_size rows and max_tokens_per_micro_batch tokens),
+        each trimmed to its longest row, with
         the batch rows each holds. Rows are taken group by group (learner.share_prompts) and in order of length, so
         little of a micro-batch is padding; the step's normalisers make the loss and gradient independent of how
         rows are grouped."""
@@ -141,7 +151,22 @@ class Learner:
         if self.cfg.share_prompts:  # a group's rows together (they pack with one copy of their prompt), by length
             key = batch.group_ids * (batch.input_ids.shape[1] + 1) + key
         order = torch.argsort(key, stable=True)
-        return [(rows, batch.select(rows).trim()) for rows in order.split(self.cfg.micro_batch_size)]
+        return [(rows, batch.select(rows).trim()) for rows in self._split(order, batch.attention_mask.sum(-1))]
+
+    def _split(self, order: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Consecutive runs of `order`: at most micro_batch_size rows, and, with learner.max_tokens_per_micro_batch,
+        at most that many tokens counted as the micro-batch reads them (rows x its longest row); a row longer than
+        the budget is a micro-batch of its own."""
+        size, budget = self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch
+        if budget is None:
+            return list(order.split(size))
+        out, start, longest = [], 0, 0
+        for i, n in enumerate(lengths[order].tolist()):
+            longest = max(longest, n)
+            if i > start and (i - start == size or (i - start + 1) * longest > budget):
+                out.append(order[start:i])
+                start, longest = i, n
+        return out + [order[start:]] if len(order) else out
 
     @staticmethod
     def _unsplit(parts: list[torch.Tensor], micro: list[tuple[torch.Tensor, Batch]], batch: Batch) -> torch.Tensor:
@@ -244,10 +269,8 @@ class Learner:
     def export_weights(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
         """The policy's state dict on CPU (cast to the engines' dtype), for weight sync."""
         cast = getattr(torch, dtype) if dtype and dtype != "auto" else None
-        return {
-            k: (v.detach().to(cast) if cast is not None else v.detach()).cpu()
-            for k, v in self.model.state_dict().items()
-        }
+        weights = merged_lora_state_dict(self.model) if self.cfg.lora is not None else self.model.state_dict()
+        return {k: (v.detach().to(cast) if cast is not None else v.detach()).cpu() for k, v in weights.items()}
 
     def nonfinite_parameters(self) -> list[str]:
         return [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
@@ -259,7 +282,12 @@ class Learner:
         if bad:
             raise FloatingPointError(f"the policy has non-finite weights ({bad[:3]}...); not writing a checkpoint")
         path = Path(folder)
-        self.model.save_pretrained(path / "model", safe_serialization=True)
+        if self.cfg.lora is not None:  # model/: the merged weights, loadable anywhere; adapter/: PEFT's format
+            self.model.get_base_model().save_pretrained(path / "model", state_dict=merged_lora_state_dict(self.model),
+                                                        safe_serialization=True)
+            self.model.save_pretrained(path / "adapter", safe_serialization=True)
+        else:
+            self.model.save_pretrained(path / "model", safe_serialization=True)
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -272,6 +300,14 @@ class Learner:
     def load_state(self, folder: str) -> None:
         """Optimizer, scheduler and RNG state from a checkpoint (the weights were loaded from its model/ folder).
         Tensors only: `weights_only=True` never unpickles code from the file."""
+        if self.cfg.lora is not None:  # the adapter's weights (the base is the original model's)
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            adapter = load_file(str(Path(folder) / "adapter" / "adapter_model.safetensors"), device=str(self.device))
+            result = set_peft_model_state_dict(self.model, adapter)
+            if getattr(result, "unexpected_keys", None):
+                raise ValueError(f"{folder}/adapter does not fit learner.lora: unexpected {result.unexpected_keys[:3]}")
         state = torch.load(Path(folder) / "learner_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -290,6 +326,36 @@ class Learner:
 
     def ready(self) -> bool:
         return True
+
+
+def _with_lora(model, cfg, gradient_checkpointing: bool):
+    """The model with LoRA adapters (peft) on cfg.target_modules; only the adapters train."""
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    if gradient_checkpointing:  # checkpointed blocks need an input that requires grad when the embeddings are frozen
+        model.enable_input_require_grads()
+    targets = cfg.target_modules[0] if list(cfg.target_modules) == ["all-linear"] else list(cfg.target_modules)
+    return get_peft_model(model, PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                target_modules=targets, task_type="CAUSAL_LM"))
+
+
+@torch.no_grad()
+def merged_lora_state_dict(model) -> dict[str, torch.Tensor]:
+    """The base model's state dict under its own names with each adapted weight merged, W + (alpha / r) B A (peft's
+    get_delta_weight), computed aside: the model's weights are not touched (merge/unmerge would round them)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas = {name: m.get_delta_weight(m.active_adapters[0]) for name, m in base.named_modules()
+              if isinstance(m, LoraLayer) and m.active_adapters and m.active_adapters[0] in m.lora_A}
+    out = {}
+    for key, value in base.state_dict().items():
+        if ".lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        module, leaf = key.rsplit(".", 1)
+        out[key] = value + deltas[module].to(value.dtype) if leaf == "weight" and module in deltas else value
+    return out
 
 
 class LearnerClient:
