@@ -1,0 +1,148 @@
+"""The learn phase on CPU at the quickstart's settings: seconds per update, padding, peak memory, per learner layout.
+
+Runs the learner class directly (no Ray, no vLLM) on SmolLM2-135M-Instruct with batches shaped like the quickstart's:
+6 prompts x 8 responses, prompts of the arithmetic set's length under the chat template, responses of 4-96 tokens,
+the quickstart's learner config (float32 masters, learner.mixed_precision=auto, micro-batches of 16 rows). Each arm
+runs in its own process (its peak RSS is its own): one warm-up update, then the median of --updates updates.
+
+    .venv/bin/python benchmarks/learner_cpu.py --out benchmarks/results/learner_cpu.md
+    # the same arms on an older commit (fields it lacks are left out):
+    git worktree add /tmp/old <rev> && (cd /tmp/old && ln -s $PWD/.venv .venv && \\
+        .venv/bin/python $OLDPWD/benchmarks/learner_cpu.py --repo /tmp/old --label <rev>)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+
+# name -> learner overrides (LearnerConfig fields; those the code at --repo lacks are dropped and reported)
+ARMS = {
+    "rows (micro 16)": {},
+    "token budget 2048": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 2048},
+    "token budget 4096": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 4096},
+}
+
+
+def quickstart_batch(seed: int, tokenizer):
+    """48 rows: 6 arithmetic prompts (chat template) x 8 responses of 4-96 random tokens, GRPO-like advantages."""
+    import torch
+
+    from rl.core.batch import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    prompts, responses, groups = [], [], []
+    for i in range(6):
+        a, b = torch.randint(0, 21, (2,), generator=g).tolist()
+        text = tokenizer.apply_chat_template([{"role": "user", "content": f"What is {a} + {b}?"}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for _ in range(8):
+            n = int(torch.randint(4, 97, (1,), generator=g))
+            prompts.append(ids)
+            responses.append(torch.randint(3, len(tokenizer) - 1, (n,), generator=g).tolist())
+            groups.append(i)
+    logps = [[-1.0] * len(r) for r in responses]
+    batch = Batch.from_sequences(prompts, responses, logps, groups, pad_token_id=tokenizer.pad_token_id or 0)
+    batch.advantages = torch.randn(len(prompts), 1, generator=g) * batch.response_mask
+    return batch
+
+
+def run_arm(repo: Path, arm: str, updates: int) -> dict:
+    sys.path.insert(0, str(repo))
+    import torch
+    from transformers import AutoTokenizer
+
+    from rl.config.algorithm import PolicyLossConfig
+    from rl.config.learner import LearnerConfig, OptimConfig
+    from rl.models.precision import detect
+    from rl.models.resolve import resolve_model_path
+    from rl.train.learner import Learner
+
+    fields = {f.name for f in dataclasses.fields(LearnerConfig)}
+    wanted = ARMS[arm]
+    kw = {k: v for k, v in wanted.items() if k in fields}
+    mixed = detect()[0]
+    cfg = LearnerConfig(dtype="float32", mixed_precision=mixed if mixed != "float32" else None,
+                        **{"micro_batch_size": 16, **kw}, optim=OptimConfig(lr=2e-5, grad_clip=1.0))
+    path = resolve_model_path("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(path)
+    learner = Learner(path, cfg, PolicyLossConfig(clip_low=0.2, clip_high=0.28, agg_mode="token-mean"), None,
+                      total_steps=updates + 1, max_response_tokens=96, seed=0)
+    times, padding = [], []
+    for i in range(updates + 1):
+        batch = quickstart_batch(i, tok)
+        t = time.perf_counter()
+        m = learner.update(batch)
+        if i:  # the first update warms up (allocator, threads)
+            times.append(time.perf_counter() - t)
+            padding.append(m.get("padding_frac", float("nan")))
+    return {"arm": arm, "dropped": sorted(set(wanted) - fields), "s_per_update": statistics.median(times),
+            "padding_frac": statistics.mean(padding), "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            / 2**20, "threads": torch.get_num_threads(), "compute": mixed}
+
+
+def _commit(repo: Path) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                           text=True).stdout.strip()
+    return out.strip() + (" + uncommitted changes" if dirty else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repo", type=Path, default=HERE, help="the checkout whose learner is measured")
+    ap.add_argument("--label", default=None, help="a name for --repo's code in the table (default: its commit)")
+    ap.add_argument("--updates", type=int, default=2)
+    ap.add_argument("--arms", nargs="*", default=list(ARMS))
+    ap.add_argument("--out", type=Path, default=None, help="append the table to this markdown file")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: run one arm, print JSON
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_arm(args.repo.resolve(), args.one, args.updates)), flush=True)
+        return
+    label = args.label or _commit(args.repo)
+    rows = []
+    for arm in args.arms:
+        env = dict(os.environ, PYTHONPATH=str(args.repo.resolve()))
+        out = subprocess.run([sys.executable, __file__, "--repo", str(args.repo), "--updates", str(args.updates),
+                              "--one", arm], env=env, capture_output=True, text=True)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"{arm}: failed\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+        r = json.loads(line[7:])
+        rows.append(r)
+        print(f"{label} | {arm}: {r['s_per_update']:.1f} s/update, padding {r['padding_frac']:.2f}, "
+              f"peak RSS {r['peak_rss_gib']:.2f} GiB{' (dropped: ' + ', '.join(r['dropped']) + ')' if r['dropped'] else ''}",
+              flush=True)
+    table = [f"| {label} | {r['arm']}{' (' + ', '.join(r['dropped']) + ' not in this code: rows only)' if r['dropped'] else ''} "
+             f"| {r['s_per_update']:.1f} | {r['padding_frac']:.2f} | {r['peak_rss_gib']:.2f} |" for r in rows]
+    header = (f"\nCommand: `.venv/bin/python benchmarks/learner_cpu.py {' '.join(sys.argv[1:])}`; "
+              f"{datetime.date.today().isoformat()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+              f"{rows[0]['threads']} torch threads, compute {rows[0]['compute']}, median of {args.updates} updates "
+              "after one warm-up.\n\n| code | micro-batches | s / update | padding fraction | peak RSS, GiB |\n"
+              "|---|---|---|---|---|\n")
+    text = header + "\n".join(table) + "\n"
+    print(text)
+    if args.out:
+        new = not args.out.exists()
+        with open(args.out, "a") as f:
+            if new:
+                f.write("# The learn phase on CPU at the quickstart's settings (written by benchmarks/learner_cpu.py)\n")
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
