@@ -159,6 +159,30 @@ def _load(args):
         sys.exit(2)
 
 
+def _check_memory(cfg, command: str) -> None:
+    """Print the memory estimate when the model's config.json is at hand; refuse a run that cannot fit
+    ray.gpu_memory_gib (rl/models/memory.py)."""
+    from rl.models.memory import Shape, describe, fit_problems, load_model_config
+    from rl.models.resolve import EMBEDDED_MODELS, cache_dir
+
+    path = str(cfg.model.path)
+    if path.lower() in EMBEDDED_MODELS:  # its converted folder, once `make setup` (or a first run) has made it
+        path = str(cache_dir() / "models" / path.lower())
+    config = load_model_config(path)
+    if config is None:
+        if cfg.ray.gpu_memory_gib is not None:
+            print(f"# memory estimate: {path}'s config.json is not at hand (no local copy, hub cache or network); "
+                  "ray.gpu_memory_gib is not checked", flush=True)
+        return
+    shape = Shape.from_config(config)
+    print("\n".join(describe(shape, cfg)), flush=True)
+    problems = fit_problems(shape, cfg, cfg.ray.gpu_memory_gib) if cfg.ray.gpu_memory_gib is not None else []
+    if problems:
+        print("rlvr: the run does not fit its GPUs:\n  - " + "\n  - ".join(problems), file=sys.stderr)
+        if command != "config":
+            sys.exit(2)
+
+
 # one line each for `rlvr --help`; `rlvr COMMAND --help` prints the whole text
 SUMMARIES = {
     "train": "Train with GRPO (or a variant) from a recipe.",
@@ -254,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     from rl.config import to_yaml
 
     print(to_yaml(cfg), flush=True)
+    _check_memory(cfg, args.command)
     if args.command == "config":
         return
     if args.command.endswith("-prepare"):

@@ -239,9 +239,9 @@ def test_a_method_section_is_on_when_present_and_off_when_absent_or_null():
     assert on.algorithm.hicra.alpha == 0.2 and on.algorithm.hicra.phrases == DEFAULT_PHRASES  # the paper's defaults
     assert on.rollout.cure.branches == 3
     dapo = load_config("recipes/dapo_math.yaml")
-    assert dapo.algorithm.dynamic_sampling.max_tries == 3 and dapo.algorithm.overlong.buffer == 4096
+    assert dapo.algorithm.dynamic_sampling.max_tries == 3 and dapo.algorithm.overlong.buffer == 1024
     off = load_config("recipes/dapo_math.yaml", ["algorithm.dynamic_sampling=null"])  # a recipe turns its base's off
-    assert off.algorithm.dynamic_sampling is None and off.algorithm.overlong.buffer == 4096
+    assert off.algorithm.dynamic_sampling is None and off.algorithm.overlong.buffer == 1024
 
 
 @pytest.mark.parametrize("override, message", [

@@ -57,6 +57,8 @@ class RayConfig:
     num_cpus: int | None = None  # local cluster only; None: all cores
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"  # never listen beyond loopback unless asked
+    gpu_memory_gib: float | None = None  # the memory of one GPU of the cluster; set: `rlvr train` refuses a run whose
+    # memory estimate (rl/models/memory.py) does not fit it, before anything starts; None: no such check
 
 
 @dataclass
