@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
@@ -30,8 +29,7 @@ def main() -> None:
     ap.add_argument("--out", help="write the table here as well")
     args = ap.parse_args()
     from rl.config import load_config
-    from rl.config.learner import LoraConfig
-    from rl.models.memory import GIB, Shape, engine_estimate, fit_problems, learner_estimate
+    from rl.models.memory import GIB, Shape, engine_estimate, fit_problems, learner_estimate, with_lora
 
     configs = json.loads((HERE / "benchmarks" / "model_configs.json").read_text())
     rows = []
@@ -46,8 +44,7 @@ def main() -> None:
             shape = Shape.from_config(configs[model])
             gpu = cfg.ray.gpu_memory_gib
             learner = sum(learner_estimate(shape, cfg).values()) / GIB
-            lora = sum(learner_estimate(shape, replace(cfg, learner=replace(cfg.learner, lora=LoraConfig(rank=64))))
-                       .values()) / GIB
+            lora = sum(learner_estimate(shape, with_lora(cfg)).values()) / GIB
             engine = sum(engine_estimate(shape, cfg).values()) / GIB
             problems = fit_problems(shape, cfg, gpu)
             verdict = "fits" if not problems else "refused: " + "; ".join(

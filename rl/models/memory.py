@@ -178,7 +178,7 @@ def fit_problems(shape: Shape, cfg, gpu_gib: float) -> list[str]:
         if learner["activations"] > 0.1 * need * GIB:
             knobs.append("a smaller learner.micro_batch_size or learner.max_tokens_per_micro_batch")
         if cfg.learner.lora is None:
-            lora = sum(learner_estimate(shape, _with_lora(cfg)).values()) / GIB
+            lora = sum(learner_estimate(shape, with_lora(cfg)).values()) / GIB
             knobs.append(f"learner.lora={{rank: 64}} (LoRA; about {lora:.0f} GiB)")
         knobs.append("a sharded learner over several GPUs (learner.num_ranks, FSDP2) is not built yet")
         problems.append(f"the learner needs about {need:.0f} GiB ({', '.join(f'{k} {v / GIB:.0f}' for k, v in learner.items() if v)}) "
@@ -193,9 +193,10 @@ def fit_problems(shape: Shape, cfg, gpu_gib: float) -> list[str]:
     return problems
 
 
-def _with_lora(cfg):
+def with_lora(cfg, rank: int = 64):
+    """cfg with learner.lora={rank: rank}: what the refusal message and the recipe table estimate LoRA at."""
     from dataclasses import replace
 
     from rl.config.learner import LoraConfig
 
-    return replace(cfg, learner=replace(cfg.learner, lora=LoraConfig(rank=64)))
+    return replace(cfg, learner=replace(cfg.learner, lora=LoraConfig(rank=rank)))
