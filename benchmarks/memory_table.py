@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--out", help="write the table here as well")
     args = ap.parse_args()
     from rl.config import load_config
-    from rl.models.memory import GIB, Shape, engine_estimate, fit_problems, learner_estimate, with_lora
+    from rl.models.memory import GIB, Shape, engine_estimate, fit_problems, learner_estimate, with_lora, with_ranks
 
     configs = json.loads((HERE / "benchmarks" / "model_configs.json").read_text())
     rows = []
@@ -44,20 +44,20 @@ def main() -> None:
             shape = Shape.from_config(configs[model])
             gpu = cfg.ray.gpu_memory_gib
             learner = sum(learner_estimate(shape, cfg).values()) / GIB
-            lora = sum(learner_estimate(shape, with_lora(cfg)).values()) / GIB
+            lora = sum(learner_estimate(shape, with_lora(with_ranks(cfg, 1))).values()) / GIB
             engine = sum(engine_estimate(shape, cfg).values()) / GIB
             problems = fit_problems(shape, cfg, gpu)
             verdict = "fits" if not problems else "refused: " + "; ".join(
                 "learner" if p.startswith("the learner") else "engine" for p in problems)
             rows.append(f"| {recipe} | {model} | {shape.parameters() / 1e9:.2f}B | {gpu:g} | "
-                        f"{cfg.rollout.num_engines} x 1 + learner 1 | {learner:.0f} | {lora:.0f} | {engine:.0f} | "
+                        f"{cfg.rollout.num_engines} x 1 + learner {cfg.learner.num_ranks} | {learner:.0f} | {lora:.0f} | {engine:.0f} | "
                         f"{verdict} |")
     lines = ["# Memory estimates of the GPU recipes (written by benchmarks/memory_table.py)", "",
              "Command: `.venv/bin/python benchmarks/memory_table.py --out benchmarks/results/memory_estimates.md`. "
-             "Learner: fp32 masters + bf16 compute as the recipes set it, one process holding the whole policy (no "
-             "sharded learner yet); LoRA: the same with learner.lora={rank: 64}; engine: weights + vLLM overhead + "
+             "Learner: fp32 masters + bf16 compute as the recipes set it, a rank's peak over learner.num_ranks "
+             "FSDP2 ranks (one GPU each); LoRA (one rank): the same with learner.lora={rank: 64}; engine: weights + vLLM overhead + "
              "one max_model_len sequence of KV cache.", "",
-             "| recipe | model | parameters | GiB a GPU | GPUs (engines + learner) | learner peak, GiB | with LoRA, "
+             "| recipe | model | parameters | GiB a GPU | GPUs (engines + learner ranks) | learner peak a rank, GiB | with LoRA, "
              "GiB | engine minimum, GiB | at start |",
              "|---|---|---|---|---|---|---|---|---|", *rows]
     text = "\n".join(lines) + "\n"

@@ -148,6 +148,7 @@ MATRIX: dict[str, tuple[str, list[str], list[str] | None, str]] = {
         "rewards=[{fn: 'tests.reward_fixtures:parity_unless_plus'}]",  # all-equal groups (a '+' question): refills
         "learner.optim.schedule=cosine", "learner.optim.warmup_steps=2",
         "learner.ppo_epochs=2", "learner.mini_batches=2",  # old log-probs recomputed, the learner's RNG shuffles
+        "learner.num_ranks=2",  # an FSDP2 learner group of 2 gloo ranks: sharded policy and reference, DCP optimizer
         "algorithm.kl.coef=0.01",  # KL in the loss: the reference model
         "algorithm.dynamic_sampling.max_tries=3", "algorithm.overlong.buffer=2", "algorithm.overlong.mask_truncated=true",
         "rollout.sampling.max_tokens=4",
@@ -159,7 +160,8 @@ MATRIX: dict[str, tuple[str, list[str], list[str] | None, str]] = {
         "algorithm.divergence.samples_per_step=4", "algorithm.divergence.prepare_k=2",
         "algorithm.divergence.perfect_threshold=0.5",
     ], ["dph-prepare"], "warmup + cosine, 2 epochs x 2 mini-batches, KL in the loss, dynamic sampling with refills, "
-        "overlong shaping + mask_truncated, HICRA strategic grams with refit, length penalty, DPH rows"),
+        "overlong shaping + mask_truncated, HICRA strategic grams with refit, length penalty, DPH rows, a learner of 2 "
+        "FSDP2 ranks"),
     "cure_kl_in_reward_armed": ("recipes/quickstart.yaml", [
         "rollout.sampling.n=2", "rollout.cure.branches=1",
         "algorithm.kl.coef=0.05", "algorithm.kl.in_reward=true",

@@ -40,12 +40,19 @@ def test_overrides_apply_with_types():
         ("rewards=[{name: nope}]", "rewards[0].name"),
         ("rewards=[{}]", "rewards[0]"),
         ("trainer.total_steps", "key=value"),
+        ("learner.num_ranks=0", "learner.num_ranks"),
+        ("learner.offload=true", "learner.num_ranks > 1"),
     ],
 )
 def test_bad_values_name_the_key(override, words):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
     assert words in str(e.value)
+
+
+def test_lora_runs_on_one_rank():
+    with pytest.raises(ConfigError, match="learner.num_ranks=1"):
+        load_config(None, ["learner.lora={rank: 8}", "learner.num_ranks=2"])
 
 
 def test_missing_recipe_file():
@@ -195,7 +202,8 @@ def test_harmless_keys_on_resume_come_from_field_metadata():
         "rollout.num_threads", "rollout.gpu_memory_utilization", "rollout.kv_cache_gib", "rollout.max_engine_restarts",
         "learner.num_cpus", "learner.num_gpus", "learner.num_threads", "learner.micro_batch_size",
         "learner.gradient_checkpointing", "learner.head_chunk_tokens", "learner.max_tokens_per_micro_batch",
-        "learner.share_prompts", "learner.pack_max_tokens", "reward_policy.timeout_s",
+        "learner.share_prompts", "learner.pack_max_tokens", "learner.num_ranks", "learner.offload",
+        "reward_policy.timeout_s",
         "rollout.dtype", "learner.mixed_precision"}
     old = to_dict(load_config("recipes/quickstart.yaml"))
     new = to_dict(load_config("recipes/quickstart.yaml", [

@@ -133,10 +133,10 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(ray_cluster, tiny_mod
                   "trainer.max_bad_steps=2", "trainer.save_every=1")
     trainer = Trainer(cfg)
     try:
-        before = ray_cluster.get(trainer.learner.export_weights.remote())
+        before = ray_cluster.get(trainer.learner.export_weights(None))
         with pytest.raises(FloatingPointError, match=r"2 updates in a row had a non-finite.*trainer.max_bad_steps=2"):
             trainer.train()
-        after = ray_cluster.get(trainer.learner.export_weights.remote())
+        after = ray_cluster.get(trainer.learner.export_weights(None))
     finally:
         trainer.close()
     assert all(torch.equal(before[k], after[k]) for k in before)  # no NaN reached the weights

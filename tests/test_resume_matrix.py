@@ -36,6 +36,8 @@ EXERCISED = {
         "the DPH divergence term ran": max(_series(run, "learner/divergence")) > 0,
         "the length penalty shaped rewards": any(v != 0 for v in _series(run, "length_penalty/mean")),
         "the learning rate moved (warmup, cosine)": len(set(_series(run, "learner/lr"))) == STEPS,
+        "2 learner ranks (the optimizer in DCP shards)":
+            (run / "checkpoints" / f"step_{STEPS:06d}" / "optimizer" / ".metadata").is_file(),
     },
     "cure_kl_in_reward_armed": lambda run: {
         "CURE branched": min(_series(run, "cure/prefix_len")) > 0,

@@ -30,9 +30,9 @@ def test_two_steps_end_to_end(ray_cluster, tiny_model_path, tmp_path):
     ])
     trainer = Trainer(cfg)
     try:
-        before = {k: v.clone() for k, v in ray_cluster.get(trainer.learner.export_weights.remote()).items()}
+        before = {k: v.clone() for k, v in ray_cluster.get(trainer.learner.export_weights(None)).items()}
         results = trainer.train()
-        after = ray_cluster.get(trainer.learner.export_weights.remote())
+        after = ray_cluster.get(trainer.learner.export_weights(None))
     finally:
         trainer.close()
     run = tmp_path / "run"

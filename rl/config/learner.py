@@ -71,7 +71,13 @@ class LearnerConfig:
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus -coef * H to each token's loss
     num_threads: int | None = field(default=None, metadata=ANY_ON_RESUME)  # torch CPU threads; None: all cores
     num_cpus: float = field(default=0.5, metadata=ANY_ON_RESUME)  # Ray scheduling
-    num_gpus: float | None = field(default=None, metadata=ANY_ON_RESUME)  # None: 1 when the cluster has GPUs, else 0
+    num_gpus: float | None = field(default=None, metadata=ANY_ON_RESUME)  # per rank; None: 1 when the cluster has
+    # GPUs, else 0
+    num_ranks: int = field(default=1, metadata=ANY_ON_RESUME)  # learner actors in one torch.distributed group, each
+    # an FSDP2 shard of the policy (and reference) and its share of each step's rows (rl/train/learner_group.py);
+    # a checkpoint resumes on any number of ranks
+    offload: bool = field(default=False, metadata=ANY_ON_RESUME)  # num_ranks > 1: parameters, gradients and
+    # optimizer state on the CPU between uses (FSDP2 CPUOffloadPolicy)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig | None = None  # present: train LoRA adapters (peft) instead of every weight
 
@@ -84,8 +90,13 @@ class LearnerConfig:
               f"{key}.max_tokens_per_micro_batch={self.max_tokens_per_micro_batch}: must be >= 1 or null (rows only)")
         check(self.head_chunk_tokens >= 1, f"{key}.head_chunk_tokens={self.head_chunk_tokens}: must be >= 1")
         check(self.ppo_epochs >= 1 and self.mini_batches >= 1, f"{key}.ppo_epochs and {key}.mini_batches must be >= 1")
+        check(self.num_ranks >= 1, f"{key}.num_ranks={self.num_ranks}: must be >= 1")
+        check(not (self.offload and self.num_ranks == 1),
+              f"{key}.offload=true shards onto the CPU with FSDP2, which needs {key}.num_ranks > 1")
         if self.lora is not None:
             self.lora.check(f"{key}.lora")
+            check(self.num_ranks == 1, f"{key}.lora with {key}.num_ranks={self.num_ranks}: LoRA runs on one rank "
+                  f"for now (the adapters are small; set {key}.num_ranks=1)")
 
     def check_precision(self, key: str) -> None:
         check(self.dtype in DTYPES, f"{key}.dtype={self.dtype!r}; choose one of {list(DTYPES)}"

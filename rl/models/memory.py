@@ -18,6 +18,15 @@ compute C bytes a value: 2 under learner.mixed_precision bfloat16/float16, else 
                                             chunk of fp32 logits, its softmax and gradient; the hidden states it reads
                                             and their gradient
 
+With learner.num_ranks = n > 1 (FSDP2: rl/train/distributed.py), each rank holds 1/n of the weights, gradients,
+optimizer state and reference, and during compute the units it gathers whole:
+
+    gathered     R x D x (2 with KL, else 1)  the root unit (embeddings, final norm, output layer: R parameters), in
+                 + 2 x Y x C + Y x D          the masters' dtype; two decoder layers (Y parameters each: the one
+                                              computing and the one prefetched) in the compute dtype, and one
+                                              layer's whole gradient before its reduce-scatter
+    autocast     0                            the layers are gathered in the compute dtype already
+
 with t = tokens of the largest micro-batch: learner.micro_batch_size x (data.max_prompt_tokens +
 rollout.sampling.max_tokens), at most learner.max_tokens_per_micro_batch; r = its response tokens
 (learner.micro_batch_size x rollout.sampling.max_tokens, at most t); c = learner.head_chunk_tokens, at most r.
@@ -71,11 +80,17 @@ class Shape:
     def kv(self) -> int:
         return self.kv_heads * self.head_dim
 
-    def parameters(self) -> int:
+    def layer_parameters(self) -> int:
         h, q = self.hidden, self.heads * self.head_dim
         attention = h * q + 2 * h * self.kv + q * h + (q + 2 * self.kv if self.qkv_bias else 0)
-        layer = attention + 3 * h * self.intermediate + 2 * h
-        return self.layers * layer + self.vocab * h * (1 if self.tied else 2) + h
+        return attention + 3 * h * self.intermediate + 2 * h
+
+    def root_parameters(self) -> int:
+        """Embeddings, output layer (one matrix when tied) and the final norm."""
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.hidden
+
+    def parameters(self) -> int:
+        return self.layers * self.layer_parameters() + self.root_parameters()
 
     def lora_parameters(self, rank: int, targets: list[str]) -> int:
         """rank x (in + out) for each adapted projection of each layer (all-linear: all seven)."""
@@ -133,12 +148,16 @@ def learner_estimate(shape: Shape, cfg) -> dict[str, float]:
         activations = t * (shape.layers * h * d + 2 * per_layer)
     else:
         activations = t * shape.layers * per_layer
+    n = learner.num_ranks
+    kl = cfg.algorithm.kl is not None and lora is None
     parts = {
-        "weights": p * d + (trained * d if lora is not None else 0),
-        "gradients": trained * d,
-        "optimizer": trained * 2 * d,
-        "autocast": p * c if mixed and c < d else 0,
-        "reference": p * d if cfg.algorithm.kl is not None and lora is None else 0,
+        "weights": p * d / n + (trained * d if lora is not None else 0),
+        "gradients": trained * d / n,
+        "optimizer": trained * 2 * d / n,
+        "autocast": p * c if mixed and c < d and n == 1 else 0,
+        "reference": p * d / n if kl else 0,
+        "gathered": 0 if n == 1 else shape.root_parameters() * d * (2 if kl else 1)
+        + shape.layer_parameters() * (2 * c + d),
         "activations": activations,
         "head": min(learner.head_chunk_tokens, r) * shape.vocab * 12 + r * h * 8,
     }
@@ -180,7 +199,11 @@ def fit_problems(shape: Shape, cfg, gpu_gib: float) -> list[str]:
         if cfg.learner.lora is None:
             lora = sum(learner_estimate(shape, with_lora(cfg)).values()) / GIB
             knobs.append(f"learner.lora={{rank: 64}} (LoRA; about {lora:.0f} GiB)")
-        knobs.append("a sharded learner over several GPUs (learner.num_ranks, FSDP2) is not built yet")
+        ranks = next((n for n in (2, 4, 8, 16, 32, 64) if n > cfg.learner.num_ranks
+                      and sum(learner_estimate(shape, with_ranks(cfg, n)).values()) / GIB <= gpu_gib), None)
+        if ranks is not None:
+            per_rank = sum(learner_estimate(shape, with_ranks(cfg, ranks)).values()) / GIB
+            knobs.append(f"learner.num_ranks={ranks} (FSDP2 shards on {ranks} GPUs; about {per_rank:.0f} GiB each)")
         problems.append(f"the learner needs about {need:.0f} GiB ({', '.join(f'{k} {v / GIB:.0f}' for k, v in learner.items() if v)}) "
                         f"> {gpu_gib:g} GiB a GPU (ray.gpu_memory_gib); to fit: {'; '.join(knobs)}")
     engine = engine_estimate(shape, cfg)
@@ -200,3 +223,10 @@ def with_lora(cfg, rank: int = 64):
     from rl.config.learner import LoraConfig
 
     return replace(cfg, learner=replace(cfg.learner, lora=LoraConfig(rank=rank)))
+
+
+def with_ranks(cfg, n: int):
+    """cfg with learner.num_ranks=n: what the refusal message offers."""
+    from dataclasses import replace
+
+    return replace(cfg, learner=replace(cfg.learner, num_ranks=n))

@@ -27,10 +27,8 @@ def prepare(cfg, chunk: int = 64) -> dict:
     fleet, score them with the recipe's rewards (a sample is correct when its total reward is at least
     algorithm.divergence.correct_reward), split, score pi0's log-probs of the kept samples on a learner, and write
     algorithm.divergence.data. Returns the split statistics."""
-    import ray
-
     from rl.config.algorithm import PolicyLossConfig
-    from rl.train.learner import Learner
+    from rl.train.learner_group import LearnerGroup
 
     dv = cfg.algorithm.divergence
     if dv is None or dv.data is None:
@@ -48,18 +46,18 @@ def prepare(cfg, chunk: int = 64) -> dict:
     perfect, exp = split_questions(correct, dv.perfect_threshold)
     perfect_set = set(perfect)
     kept = [(i, x) for i, x in kept if i in perfect_set]
-    learner = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus).remote(
-        model_path, cfg.learner, PolicyLossConfig(), None, total_steps=1, max_response_tokens=s.max_tokens)
+    learner = LearnerGroup(cfg.learner, model_path, cfg.learner, PolicyLossConfig(), None, total_steps=1,
+                           max_response_tokens=s.max_tokens)
     init_logprobs: list[list[float]] = []
     try:
         for start in range(0, len(kept), chunk):
             part = [x for _, x in kept[start : start + chunk]]
             b = Batch.from_sequences([x.prompt_ids for x in part], [x.response_ids for x in part],
                                      [x.logprobs for x in part], list(range(len(part))), pad_id)
-            lp = ray.get(learner.compute_logprobs.remote(b))
+            lp = learner.run("compute_logprobs", b)
             init_logprobs.extend(lp[j][b.response_mask[j] > 0].tolist() for j in range(len(part)))
     finally:
-        ray.kill(learner)
+        learner.shutdown()
     accuracy = [pass_rate(c) for c in correct]
     meta = {
         "model": cfg.model.path, "train_source": cfg.data.train.source, "num_rows": len(pi0.groups),

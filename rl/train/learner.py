@@ -1,6 +1,9 @@
 """The learner: an HF causal LM, AdamW and an LR schedule, updated by an algorithm-blind loop over micro-batches.
 
 What the loss is comes from the registries in rl/core/losses.py, rl/core/kl.py and rl/core/entropy.py; this file only feeds them.
+With learner.num_ranks > 1 each Ray actor of the group (rl/train/learner_group.py) holds one Learner, an FSDP2 shard of
+the policy, and runs its share of each step's rows; one rank is the same code with no process group
+(rl/train/distributed.py says how the step stays exact across ranks).
 """
 
 from __future__ import annotations
@@ -21,8 +24,30 @@ from rl.core.fused_head import fused_logprobs_entropy
 from rl.core.loss_terms import TermInputs, build_terms
 from rl.core.losses import POLICY_LOSSES, aggregate_loss, resolve_agg_mode
 from rl.core.packing import pack_shared_prompts
+from rl.train.distributed import all_max, all_sum, full_tensor, gather_objects, shard, split_rows, world
 
 ENTROPY_PERCENTILES = (10, 50, 90)
+
+
+class PolicyForward(torch.nn.Module):
+    """Token log-probs (and entropies) of a causal LM at given positions: the decoder, then the output layer fused
+    with log-prob and entropy in chunks of `chunk` rows (rl/core/fused_head.py: the [tokens, vocab] logits are never
+    built). The decoder runs under autocast when `autocast_dtype` is set; the head in the weights' dtype. One module,
+    so that FSDP's root unit (the embeddings, final norm and head) is gathered around both."""
+
+    def __init__(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None, chunk: int):
+        super().__init__()
+        self.model, self.autocast_dtype, self.chunk = model, autocast_dtype, chunk
+
+    def forward(self, input_ids, position_ids, attention_mask, source, targets, with_entropy: bool):
+        """source [N]: the flat decoder positions whose next token is targets [N]."""
+        device = input_ids.device.type
+        with torch.autocast(device, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            hidden = self.model.get_decoder()(input_ids=input_ids, position_ids=position_ids,
+                                              attention_mask=attention_mask).last_hidden_state
+        head = self.model.get_output_embeddings()
+        return fused_logprobs_entropy(hidden.reshape(-1, hidden.shape[-1])[source], head.weight, head.bias, targets,
+                                      self.chunk, with_entropy)
 
 
 class Learner:
@@ -40,11 +65,12 @@ class Learner:
         divergence: DivergenceConfig | None = None,
     ):
         torch.manual_seed(seed)
-        torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+        self.rank, self.world = world()  # (0, 1) without a process group
+        torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // self.world))
         self.cfg, self.loss_cfg = cfg, loss
         self.terms = build_terms(cfg, kl, weights, divergence)  # None: that term is off
         self.entropy_grad = any(t.entropy_grad for t in self.terms)  # the loss differentiates through H
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a rank sees its GPU as cuda:0
         mixed = cfg.mixed_precision
         if mixed == "auto":  # a config built in code (the offline prepare steps), not resolved by the CLI or Trainer
             from rl.models.precision import detect
@@ -71,6 +97,13 @@ class Learner:
             ref = ref_model_path or model_path  # on resume the policy comes from the checkpoint, the reference not
             self.ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype).to(self.device).eval()
             self.ref_model.requires_grad_(False)
+        # decoder + fused head as one module: what FSDP's root unit wraps (the head's weight is read directly)
+        self.runner = PolicyForward(self.model, self.autocast_dtype, cfg.head_chunk_tokens)
+        self.ref_runner = PolicyForward(self.ref_model, self.autocast_dtype, cfg.head_chunk_tokens) \
+            if self.ref_model is not None else None
+        if self.world > 1:
+            for runner in filter(None, (self.runner, self.ref_runner)):
+                shard(runner, runner.model, self.autocast_dtype, cfg.offload)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
@@ -87,7 +120,7 @@ class Learner:
         self._read = [0, 0]  # tokens the decoder read in this optimizer step's forward passes, and the real ones
 
     # -- forward passes ---------------------------------------------------------------------------------------
-    def _forward(self, model, mb: Batch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _forward(self, runner: "PolicyForward", mb: Batch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token log-probs [B, T] aligned with input_ids (0 off the response), and optionally per-token entropy.
 
         The decoder runs under autocast when learner.mixed_precision is set (master weights stay in learner.dtype);
@@ -100,18 +133,12 @@ class Learner:
         packed = pack_shared_prompts(ids.cpu(), mb.attention_mask.cpu(),
                                      mb.prompt_lengths.cpu() if self.cfg.share_prompts and mb.prompt_lengths is not None
                                      else None, self.cfg.pack_max_tokens)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            hidden = model.get_decoder()(input_ids=packed.input_ids.to(self.device),
-                                         position_ids=packed.position_ids.to(self.device),
-                                         attention_mask=packed.attention_mask.to(self.device)).last_hidden_state
         if torch.is_grad_enabled():  # the update's forward: what the decoder read, for the step's metrics
             self._read[0] += packed.num_tokens
             self._read[1] += packed.real_tokens
-        head = model.get_output_embeddings()
-        source = packed.where.to(self.device)[rows, cols]
-        token_logp, token_h = fused_logprobs_entropy(hidden.reshape(-1, hidden.shape[-1])[source], head.weight,
-                                                     head.bias, ids[rows, cols + 1], self.cfg.head_chunk_tokens,
-                                                     with_entropy)
+        token_logp, token_h = runner(packed.input_ids.to(self.device), packed.position_ids.to(self.device),
+                                     packed.attention_mask.to(self.device), packed.where.to(self.device)[rows, cols],
+                                     ids[rows, cols + 1], with_entropy)
         logp = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
         logp[rows, cols + 1] = token_logp.float()
         entropy = None
@@ -126,32 +153,37 @@ class Learner:
         if reference and self.cfg.lora is not None:  # the base policy: the adapter off
             with self.model.disable_adapter():
                 return self.compute_logprobs(batch)
-        model = self.ref_model if reference else self.model
-        if model is None:
+        runner = self.ref_runner if reference else self.runner
+        if runner is None:
             raise RuntimeError("reference log-probs asked for, but no reference model is loaded (no algorithm.kl)")
         micro = self._micro(batch)
-        parts = [self._forward(model, mb.to(self.device), with_entropy=False)[0].cpu() for _, mb in micro]
+        parts = [self._forward(runner, mb.to(self.device), with_entropy=False)[0].cpu() for _, mb in micro]
         return self._unsplit(parts, micro, batch)
 
     @torch.no_grad()
     def compute_logprobs_and_entropy(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and full-distribution entropies [B, T] under the current model, without gradient."""
         micro = self._micro(batch)
-        parts = [self._forward(self.model, mb.to(self.device), with_entropy=True) for _, mb in micro]
+        parts = [self._forward(self.runner, mb.to(self.device), with_entropy=True) for _, mb in micro]
         return (self._unsplit([p[0].cpu() for p in parts], micro, batch),
                 self._unsplit([p[1].cpu() for p in parts], micro, batch))
 
-    def _micro(self, batch: Batch) -> list[tuple[torch.Tensor, Batch]]:
-        """Micro-batches of similar length (at most micro_batch_size rows and max_tokens_per_micro_batch tokens),
-        each trimmed to its longest row, with
-        the batch rows each holds. Rows are taken group by group (learner.share_prompts) and in order of length, so
-        little of a micro-batch is padding; the step's normalisers make the loss and gradient independent of how
-        rows are grouped."""
-        key = batch.attention_mask.sum(-1)
+    def _micro(self, batch: Batch) -> list[tuple[torch.Tensor | None, Batch]]:
+        """This rank's micro-batches of similar length (at most micro_batch_size rows and max_tokens_per_micro_batch
+        tokens), each trimmed to its longest row, with the batch rows each holds. Rows are taken group by group
+        (learner.share_prompts) and in order of length, so little of a micro-batch is padding; the step's
+        normalisers make the loss and gradient independent of how rows are grouped. With several ranks each takes
+        its share of the rows (balanced by tokens), and a rank with fewer micro-batches than another gets fillers
+        (rows None: a forward and backward that count for nothing), since FSDP's gathers are collective."""
+        lengths = batch.attention_mask.sum(-1)
+        mine = split_rows(lengths, batch.group_ids if self.cfg.share_prompts else None, self.world, self.rank)
+        key = lengths
         if self.cfg.share_prompts:  # a group's rows together (they pack with one copy of their prompt), by length
             key = batch.group_ids * (batch.input_ids.shape[1] + 1) + key
-        order = torch.argsort(key, stable=True)
-        return [(rows, batch.select(rows).trim()) for rows in self._split(order, batch.attention_mask.sum(-1))]
+        order = mine[torch.argsort(key[mine], stable=True)]
+        micro = [(rows, batch.select(rows).trim()) for rows in self._split(order, lengths)]
+        filler = batch.select(torch.argsort(lengths, stable=True)[:1]).trim()
+        return micro + [(None, filler)] * (all_max(len(micro)) - len(micro))
 
     def _split(self, order: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         """Consecutive runs of `order`: at most micro_batch_size rows, and, with learner.max_tokens_per_micro_batch,
@@ -169,11 +201,13 @@ class Learner:
         return out + [order[start:]] if len(order) else out
 
     @staticmethod
-    def _unsplit(parts: list[torch.Tensor], micro: list[tuple[torch.Tensor, Batch]], batch: Batch) -> torch.Tensor:
+    def _unsplit(parts: list[torch.Tensor], micro: list[tuple[torch.Tensor | None, Batch]], batch: Batch) -> torch.Tensor:
+        """The [B, T] tensor of the whole batch from every rank's micro-batches (fillers dropped)."""
         out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
         for p, (rows, _) in zip(parts, micro):
-            out[rows, : p.shape[1]] = p
-        return out
+            if rows is not None:
+                out[rows, : p.shape[1]] = p
+        return all_sum(out)
 
     # -- the update -------------------------------------------------------------------------------------------
     def update(self, batch: Batch) -> dict[str, float]:
@@ -184,7 +218,7 @@ class Learner:
             term.prepare(self, batch)
         if batch.old_logprobs is None and not on_policy:
             batch.old_logprobs = self.compute_logprobs(batch)
-        self.model.train()
+        self.runner.train()
         sums: dict[str, float] = defaultdict(float)
         steps = 0
         self.stepped = False  # the policy still equals the behaviour policy (until the first optimizer step)
@@ -222,7 +256,10 @@ class Learner:
         for rows, micro in self._micro(mb):
             micro = micro.to(self.device)
             mask, aux = self._masks(micro)
-            logp, entropy = self._forward(self.model, micro, with_entropy=True)
+            logp, entropy = self._forward(self.runner, micro, with_entropy=True)
+            if rows is None:  # a filler (another rank has more micro-batches): FSDP's collectives, no gradient
+                (logp.sum() * 0.0 + (entropy.sum() * 0.0 if self.entropy_grad else 0.0)).backward()
+                continue
             old = micro.old_logprobs if micro.old_logprobs is not None else logp.detach()
             out = self.policy_loss(logp, old, micro.advantages, mask, self.loss_cfg)
             x = TermInputs(micro, rows, logp, entropy, mask, aux, num_tokens, num_aux_tokens)
@@ -243,9 +280,9 @@ class Learner:
             stats["clip_frac"] += float((out.clipped.float() * mask).sum()) / num_tokens
             stats["ratio_mean"] += float((out.ratio * mask).sum()) / num_tokens
             stats["rollout_logp_diff"] += float(((logp.detach() - micro.rollout_logprobs).abs() * mask).sum()) / num_tokens
-        stats["tokens_read"] = float(self._read[0])
-        stats["padding_frac"] = 1.0 - self._read[1] / max(self._read[0], 1)
-        all_h = torch.cat(entropies)
+        stats, all_h, read = self._over_ranks(stats, torch.cat(entropies), self._read)
+        stats["tokens_read"] = float(read[0])
+        stats["padding_frac"] = 1.0 - read[1] / max(read[0], 1)
         if all_h.numel():
             for q, v in zip(ENTROPY_PERCENTILES, quantile(all_h, [p / 100.0 for p in ENTROPY_PERCENTILES])):
                 stats[f"entropy_p{q}"] = float(v)
@@ -254,7 +291,7 @@ class Learner:
         if all(p.grad is None for p in params):  # every row of this mini-batch masked: zero gradient (Adam steps)
             for p in params:
                 p.grad = torch.zeros_like(p)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf))
         if torch.isfinite(grad_norm):
             self.optimizer.step()
             self.stepped = True
@@ -265,15 +302,35 @@ class Learner:
         self.scheduler.step()
         stats["grad_norm"] = float(grad_norm)
         return stats
+
+    def _over_ranks(self, stats: dict, entropies: torch.Tensor, read: list) -> tuple[dict, torch.Tensor, list]:
+        """The step's metrics summed over ranks (each rank's are its share, the normalisers being global), every
+        rank's loss-token entropies (the percentiles are of the whole step) and tokens read."""
+        if self.world == 1:
+            return stats, entropies, read
+        parts = gather_objects((dict(stats), entropies, list(read)))
+        total: dict[str, float] = defaultdict(float)
+        for s, _, _ in parts:
+            for k, v in s.items():
+                total[k] += v
+        return total, torch.cat([h for _, h, _ in parts]), [sum(r[i] for _, _, r in parts) for i in (0, 1)]
     # -- weights out ------------------------------------------------------------------------------------------
-    def export_weights(self, dtype: str | None = None) -> dict[str, torch.Tensor]:
-        """The policy's state dict on CPU (cast to the engines' dtype), for weight sync."""
+    def export_weights(self, dtype: str | None = None) -> dict[str, torch.Tensor] | None:
+        """The policy's state dict on CPU (cast to the engines' dtype), for weight sync. With several ranks each
+        parameter is gathered in turn (every rank calls this) and rank 0 returns the dict, the others None."""
         cast = getattr(torch, dtype) if dtype and dtype != "auto" else None
         weights = merged_lora_state_dict(self.model) if self.cfg.lora is not None else self.model.state_dict()
-        return {k: (v.detach().to(cast) if cast is not None else v.detach()).cpu() for k, v in weights.items()}
+        out = {}
+        for k, v in weights.items():
+            v = full_tensor(v.detach())
+            if self.rank == 0:
+                out[k] = (v.to(cast) if cast is not None else v).cpu()
+        return out if self.rank == 0 else None
 
     def nonfinite_parameters(self) -> list[str]:
-        return [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        local = [n for n, p in self.model.named_parameters()
+                 if not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()]
+        return sorted({n for names in gather_objects(local) for n in names})
 
     def save(self, folder: str) -> None:
         """A save_pretrained safetensors folder (loadable anywhere) plus optimizer, scheduler and RNG state.
@@ -282,20 +339,36 @@ class Learner:
         if bad:
             raise FloatingPointError(f"the policy has non-finite weights ({bad[:3]}...); not writing a checkpoint")
         path = Path(folder)
-        if self.cfg.lora is not None:  # model/: the merged weights, loadable anywhere; adapter/: PEFT's format
+        if self.world > 1:  # the whole weights on rank 0 (gathered parameter by parameter); the optimizer in shards
+            self._save_sharded(path)
+        elif self.cfg.lora is not None:  # model/: the merged weights, loadable anywhere; adapter/: PEFT's format
             self.model.get_base_model().save_pretrained(path / "model", state_dict=merged_lora_state_dict(self.model),
                                                         safe_serialization=True)
             self.model.save_pretrained(path / "adapter", safe_serialization=True)
         else:
             self.model.save_pretrained(path / "model", safe_serialization=True)
         state = {
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
         }
+        if self.world == 1:
+            state["optimizer"] = self.optimizer.state_dict()
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(state, path / "learner_state.pt")
+        if self.rank == 0:  # the scheduler and RNG streams are the same on every rank
+            torch.save(state, path / "learner_state.pt")
+
+    def _save_sharded(self, path: Path) -> None:
+        """model/: save_pretrained of the whole weights, written by rank 0; optimizer/: torch.distributed.checkpoint
+        (DCP), each rank its shard, loadable by any number of ranks (load_state reshards)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        weights = self.export_weights()
+        if self.rank == 0:
+            self.model.save_pretrained(path / "model", state_dict=weights, safe_serialization=True)
+        dcp.save({"optimizer": get_optimizer_state_dict(self.runner, self.optimizer)},
+                 checkpoint_id=str(path / "optimizer"))
 
     def load_state(self, folder: str) -> None:
         """Optimizer, scheduler and RNG state from a checkpoint (the weights were loaded from its model/ folder).
@@ -309,7 +382,7 @@ class Learner:
             if getattr(result, "unexpected_keys", None):
                 raise ValueError(f"{folder}/adapter does not fit learner.lora: unexpected {result.unexpected_keys[:3]}")
         state = torch.load(Path(folder) / "learner_state.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer(Path(folder), state.get("optimizer"))
         self.scheduler.load_state_dict(state["scheduler"])
         # the config's optimizer settings win over the checkpoint's (they differ only when resume_force=true let a
         # change through): the schedule continues from its step with the configured base lr
@@ -323,6 +396,30 @@ class Learner:
         self.generator.set_state(state["rng"]["generator"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _load_optimizer(self, folder: Path, whole: dict | None) -> None:
+        """The optimizer state of a checkpoint written by any number of ranks: one rank's torch state dict
+        (learner_state.pt), or the DCP shards of several (optimizer/), resharded to this group's ranks."""
+        if whole is not None and self.world == 1:
+            self.optimizer.load_state_dict(whole)
+            return
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                             set_optimizer_state_dict)
+
+        if whole is not None:  # one rank's state, by parameter position, to this group: by name, then sharded
+            names = {id(p): n for n, p in self.runner.named_parameters()}
+            order = [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+            keyed = {"state": {order[i]: v for i, v in whole["state"].items()},
+                     "param_groups": [g | {"params": [order[i] for i in g["params"]]} for g in whole["param_groups"]]}
+            set_optimizer_state_dict(self.runner, self.optimizer, keyed, options=StateDictOptions(full_state_dict=True))
+            return
+        import torch.distributed.checkpoint as dcp
+
+        if not (folder / "optimizer").is_dir():
+            raise FileNotFoundError(f"{folder} has no optimizer state (neither learner_state.pt's nor optimizer/)")
+        target = {"optimizer": get_optimizer_state_dict(self.runner, self.optimizer)}
+        dcp.load(target, checkpoint_id=str(folder / "optimizer"))
+        set_optimizer_state_dict(self.runner, self.optimizer, target["optimizer"])
 
     def ready(self) -> bool:
         return True
@@ -359,19 +456,15 @@ def merged_lora_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 class LearnerClient:
-    """The learner actor's calls that methods and rollout strategies make (on the driver), waited for."""
+    """The learner group's calls that methods and rollout strategies make (on the driver), waited for."""
 
-    def __init__(self, actor):
-        self.actor = actor
+    def __init__(self, group):
+        self.group = group  # rl.train.learner_group.LearnerGroup
 
     def logprobs(self, batch: Batch, reference: bool = False) -> torch.Tensor:
-        import ray
-
-        return ray.get(self.actor.compute_logprobs.remote(batch, reference=reference))
+        return self.group.run("compute_logprobs", batch, reference=reference)
 
     def entropy(self, samples: list, pad_id: int) -> torch.Tensor:
         """Full-distribution entropy [N, T] of rollout samples (rollout.base.Sample) under the current policy."""
-        import ray
-
         probe = Batch.from_samples(samples, range(len(samples)), pad_id)
-        return ray.get(self.actor.compute_logprobs_and_entropy.remote(probe))[1]
+        return self.group.run("compute_logprobs_and_entropy", probe)[1]

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer
 
 from rewards import RewardError, RewardManager, RewardOutput
-from rl.cluster import gpus_per_actor, start_ray
+from rl.cluster import start_ray
 from rl.config import Config, to_dict, to_yaml
 from rl.core.advantages import compute_advantages
 from rl.core.batch import Batch
@@ -34,7 +34,8 @@ from rl.models.chat import pad_token_id
 from rl.models.precision import resolve_precision
 from rl.models.resolve import check_context_length, resolve_model_path
 from rl.train.checkpoint import kill_point, load_trainer_state, rng_state, save_checkpoint, set_rng_state
-from rl.train.learner import Learner, LearnerClient
+from rl.train.learner import LearnerClient
+from rl.train.learner_group import LearnerGroup
 from rl.train.metrics import Progress, StepTimer, Tracker, rollout_metrics, write_rollouts
 from rl.train.run_folder import RunFolder, StopOnSignal
 from rollout.base import Sample, group_slices
@@ -117,21 +118,19 @@ class Trainer:
         # the rollout engines start first: on a GPU node they take their share of memory before the learner
         self.fleet = RolloutFleet(cfg.rollout, self.model_path, seed=cfg.seed)
         policy = str(self.resume_from / "model") if self.resume_from is not None else self.model_path
-        self.learner = ray.remote(Learner).options(num_cpus=cfg.learner.num_cpus,
-                                                   num_gpus=gpus_per_actor(cfg.learner.num_gpus)).remote(
-            policy, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl, total_steps=cfg.trainer.total_steps,
+        self.learner = LearnerGroup(  # learner.num_ranks actors, one FSDP2 shard each
+            cfg.learner, policy, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl, total_steps=cfg.trainer.total_steps,
             max_response_tokens=cfg.rollout.sampling.max_tokens, seed=cfg.seed, ref_model_path=self.model_path,
             weights=cfg.algorithm.token_weights, divergence=cfg.algorithm.divergence,
         )
-        ray.get(self.learner.ready.remote())
         self.ctx.learner = LearnerClient(self.learner)
         self.fleet.weights_source = self._export_weights  # a replaced engine loads the learner's current weights
         if self.resume_from is not None:
-            ray.get(self.learner.load_state.remote(str(self.resume_from)))
+            self.learner.run("load_state", str(self.resume_from))
             self.fleet.update_weights(self._export_weights())
 
     def _export_weights(self) -> "ray.ObjectRef":
-        return self.learner.export_weights.remote(self.cfg.rollout.dtype)
+        return self.learner.export_weights(self.cfg.rollout.dtype)
 
     # -- one step, as the algorithm reads ---------------------------------------------------------------------
     def train(self) -> dict:
@@ -162,7 +161,7 @@ class Trainer:
                 batch = Batch.concat([batch, extra]) if extra is not None else batch
             kill_point("learn", step)
             with timer("learn"):
-                metrics |= {f"learner/{k}": v for k, v in ray.get(self.learner.update.remote(batch)).items()}
+                metrics |= {f"learner/{k}": v for k, v in self.learner.run("update", batch).items()}
             self._check_update(step, metrics)
             with timer("sync"):
                 self.fleet.update_weights(self._export_weights())
@@ -325,7 +324,7 @@ class Trainer:
         }
 
         def write(folder: Path) -> None:
-            ray.get(self.learner.save.remote(str(folder)))
+            self.learner.run("save", str(folder))
             self.tokenizer.save_pretrained(folder / "model")
 
         return save_checkpoint(self.run_dir / "checkpoints", step, write, state, to_yaml(self.cfg),
@@ -335,7 +334,7 @@ class Trainer:
         self.tracker.close()
         self.fleet.shutdown()
         self.rewards.shutdown()
-        ray.kill(self.learner)
+        self.learner.shutdown()
 
 
 def train(cfg: Config) -> dict:

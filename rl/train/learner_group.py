@@ -1,0 +1,94 @@
+"""The learner group: learner.num_ranks Ray actors on one placement group, joined in one torch.distributed process
+group, each holding one Learner rank (an FSDP2 shard: rl/train/distributed.py). One rank is the same group of one.
+
+The driver calls every rank with the same arguments (the batch crosses the object store once) and reads rank 0's
+answer: the ranks agree on everything they return (metrics are summed over ranks inside the learner), and rank 0
+holds the gathered weights.
+"""
+
+from __future__ import annotations
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rl.cluster import gpus_per_actor
+
+PLACEMENT_TIMEOUT_S = 120
+
+
+class LearnerRank:
+    """One rank: joins the group, then builds its Learner; `call` runs a Learner method."""
+
+    def address(self) -> tuple[str, int]:
+        """This node's address and a free port: rank 0's are the group's rendezvous."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
+
+    def start(self, rank: int, world_size: int, address: str, port: int, *args, **kwargs) -> None:
+        from rl.train.distributed import init_group
+        from rl.train.learner import Learner
+
+        init_group(rank, world_size, address, port)
+        self.learner = Learner(*args, **kwargs)
+
+    def call(self, method: str, *args, **kwargs):
+        return getattr(self.learner, method)(*args, **kwargs)
+
+
+class LearnerGroup:
+    """learner.num_ranks LearnerRank actors, packed onto as few nodes as the placement group allows."""
+
+    def __init__(self, cfg, *args, **kwargs):
+        n, gpus = cfg.num_ranks, gpus_per_actor(cfg.num_gpus)
+        bundle = {"CPU": cfg.num_cpus, **({"GPU": gpus} if gpus else {})}
+        self.pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
+        ready, _ = ray.wait([self.pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            remove_placement_group(self.pg)
+            raise RuntimeError(
+                f"the cluster cannot place learner.num_ranks={n} ranks of {bundle} each within "
+                f"{PLACEMENT_TIMEOUT_S} s (it has {ray.available_resources()} free): lower learner.num_ranks, "
+                "learner.num_cpus or learner.num_gpus, or add nodes")
+        self.actors = [
+            ray.remote(LearnerRank).options(
+                num_cpus=cfg.num_cpus, num_gpus=gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote()
+            for i in range(n)
+        ]
+        address, port = ray.get(self.actors[0].address.remote())
+        ray.get([a.start.remote(i, n, address, port, *args, **kwargs) for i, a in enumerate(self.actors)])
+        self._pending: list = []  # the other ranks' part of the last export (they return None)
+
+    def submit(self, method: str, *args, **kwargs) -> list["ray.ObjectRef"]:
+        """The call on every rank, in the same order on each (their collectives pair up); one ObjectRef per rank."""
+        args = tuple(ray.put(a) if _large(a) else a for a in args)
+        self._pending, pending = [], self._pending
+        ray.get(pending)  # a failed rank's error is raised here, not lost
+        return [a.call.remote(method, *args, **kwargs) for a in self.actors]
+
+    def run(self, method: str, *args, **kwargs):
+        """Rank 0's answer to the call on every rank, waited for."""
+        return ray.get(self.submit(method, *args, **kwargs))[0]
+
+    def export_weights(self, dtype: str | None) -> "ray.ObjectRef":
+        """An ObjectRef of the whole state dict (from rank 0), for the engines to pull."""
+        refs = self.submit("export_weights", dtype)
+        self._pending = refs[1:]
+        return refs[0]
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        remove_placement_group(self.pg)
+
+
+def _large(x) -> bool:
+    """A batch goes into the object store once for all ranks."""
+    from rl.core.batch import Batch
+
+    return isinstance(x, Batch)
