@@ -40,11 +40,10 @@ def learner_cfg(**kw) -> LearnerConfig:
                          optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=1), **kw)
 
 
-CASES = {  # what the loss reads across the step: KL's reference (sharded too), STEER's batch-scope weights (the max
+CASES = {  # what the loss reads across the step: KL's reference (sharded too) and STEER's batch-scope weights (the max
     # over the whole step's tokens). Not 80/20 here: its 0/1 weights flip for a token whose entropy sits at the
     # threshold when the micro-batches (2 ranks' or 1's) round it differently; it reads the same step-wide tensors.
-    "kl": dict(kl=KLConfig(coef=0.1), weights=None),
-    "steer": dict(kl=None, weights=TokenWeightConfig(methods=["steer_exp"], scope="batch")),
+    "kl_steer": dict(kl=KLConfig(coef=0.1), weights=TokenWeightConfig(methods=["steer_exp"], scope="batch")),
 }
 
 
