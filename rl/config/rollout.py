@@ -102,6 +102,9 @@ class AdaptiveThinkingConfig:
     thinking_max_tokens: int = 1024
 
 
+WEIGHT_SYNCS = ("object_store", "transfer")  # rollout.weight_sync
+
+
 @dataclass
 class RolloutConfig:
     engine: str = "vllm"  # vllm | hf (fallback)
@@ -118,6 +121,12 @@ class RolloutConfig:
     # GPUs, else 0
     num_threads: int | None = field(default=None, metadata=ANY_ON_RESUME)  # CPU threads of each engine; None: all
     # cores of its node
+    weight_sync: str = field(default="object_store", metadata=ANY_ON_RESUME)  # how the learner's weights reach
+    # the engines after each update: "object_store" (a state dict through Ray's object store, loaded by vLLM's
+    # reload_weights; in-process engine core only) or "transfer" (vLLM's weight-transfer API over a gloo group: the
+    # learner broadcasts byte buckets, only names and shapes cross vLLM's RPC; works with the multiprocess engine
+    # core, the GPU default, which the CPU engine then runs too). rollout/weight_transfer.py
+    weight_bucket_mib: int = field(default=1024, metadata=ANY_ON_RESUME)  # transfer: bytes broadcast at a time
     max_engine_restarts: int = field(default=3, metadata=ANY_ON_RESUME)  # replacements of dead engines within one
     # generate/sync call before giving up
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -142,6 +151,11 @@ class RolloutConfig:
         modes against each other: rl/config/run.py)."""
         check(self.engine in ENGINES, f"{key}.engine={self.engine!r}; choose one of {sorted(ENGINES)}")
         check(self.num_engines >= 1, f"{key}.num_engines must be >= 1")
+        check(self.weight_sync in WEIGHT_SYNCS, f"{key}.weight_sync={self.weight_sync!r}; choose one of "
+              f"{list(WEIGHT_SYNCS)}")
+        check(self.weight_sync != "transfer" or self.engine == "vllm",
+              f"{key}.weight_sync=transfer is vLLM's weight-transfer API: it needs {key}.engine=vllm")
+        check(self.weight_bucket_mib >= 1, f"{key}.weight_bucket_mib={self.weight_bucket_mib}: must be >= 1")
         check(self.sampling.n >= 1, f"{key}.sampling.n must be >= 1")
         for name in ("sampling", "eval_sampling"):
             regex = getattr(self, name).regex

@@ -327,6 +327,27 @@ class Learner:
                 out[k] = (v.to(cast) if cast is not None else v).cpu()
         return out if self.rank == 0 else None
 
+    def weight_metadata(self, dtype: str | None = None) -> dict:
+        """What export_weights returns, without the values: names, dtype names and shapes (global shapes)."""
+        cast = getattr(torch, dtype) if dtype and dtype != "auto" else None
+        weights = merged_lora_state_dict(self.model) if self.cfg.lora is not None else self.model.state_dict()
+        return {"names": list(weights), "dtype_names": [str(cast or v.dtype).removeprefix("torch.")
+                                                          for v in weights.values()],
+                "shapes": [list(v.shape) for v in weights.values()]}
+
+    def broadcast_weights(self, address: str, port: int, world_size: int, dtype: str | None, bucket_bytes: int) -> None:
+        """Weight sync through vLLM's weight-transfer API: every rank gathers the weights (export_weights), rank 0
+        joins the engines' transfer group as its rank 0 and broadcasts them (rollout/weight_transfer.py)."""
+        weights = self.export_weights(dtype)
+        if self.rank == 0:
+            from rollout.weight_transfer import join, leave, send
+
+            pg = join(address, port, world_size)
+            try:
+                send(pg, weights, bucket_bytes)
+            finally:
+                leave(pg)
+
     def nonfinite_parameters(self) -> list[str]:
         local = [n for n, p in self.model.named_parameters()
                  if not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()]

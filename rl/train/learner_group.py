@@ -81,6 +81,21 @@ class LearnerGroup:
         self._pending = refs[1:]
         return refs[0]
 
+    def endpoint(self) -> tuple[str, int]:
+        """Rank 0's address and a free port there: where a weight-transfer group meets."""
+        return ray.get(self.actors[0].address.remote())
+
+    def weight_metadata(self, dtype: str | None) -> dict:
+        """Names, dtype names and shapes of the exported weights (rollout/weight_transfer.py metadata)."""
+        if getattr(self, "_metadata", (None, None))[0] != dtype:
+            self._metadata = (dtype, self.run("weight_metadata", dtype))
+        return self._metadata[1]
+
+    def broadcast(self, address: str, port: int, world_size: int, dtype: str | None,
+                  bucket_bytes: int) -> list["ray.ObjectRef"]:
+        """Every rank gathers the weights; rank 0 joins the transfer group and broadcasts them."""
+        return self.submit("broadcast_weights", address, port, world_size, dtype, bucket_bytes)
+
     def shutdown(self) -> None:
         for a in self.actors:
             ray.kill(a)

@@ -124,13 +124,25 @@ class Trainer:
             weights=cfg.algorithm.token_weights, divergence=cfg.algorithm.divergence,
         )
         self.ctx.learner = LearnerClient(self.learner)
-        self.fleet.weights_source = self._export_weights  # a replaced engine loads the learner's current weights
+        self.fleet.weights_source = self._load_weights  # a replaced engine loads the learner's current weights
         if self.resume_from is not None:
             self.learner.run("load_state", str(self.resume_from))
-            self.fleet.update_weights(self._export_weights())
+            self._sync_weights(version=self.step)
 
-    def _export_weights(self) -> "ray.ObjectRef":
-        return self.learner.export_weights(self.cfg.rollout.dtype)
+    def _sync_weights(self, version: int) -> None:
+        """The learner's weights (after step `version`) into every engine (rollout.weight_sync)."""
+        if self.cfg.rollout.weight_sync == "transfer":
+            self.fleet.transfer_weights(self.learner, version=str(version))
+        else:
+            self.fleet.update_weights(self.learner.export_weights(self.cfg.rollout.dtype))
+
+    def _load_weights(self, engines: list) -> None:
+        """The learner's current weights into these (replacement) engine actors."""
+        if self.cfg.rollout.weight_sync == "transfer":
+            self.fleet.transfer_weights(self.learner, version=str(self.step), actors=engines)
+        else:
+            ref = self.learner.export_weights(self.cfg.rollout.dtype)
+            ray.get([e.update_weights.remote(ref) for e in engines])
 
     # -- one step, as the algorithm reads ---------------------------------------------------------------------
     def train(self) -> dict:
@@ -164,7 +176,7 @@ class Trainer:
                 metrics |= {f"learner/{k}": v for k, v in self.learner.run("update", batch).items()}
             self._check_update(step, metrics)
             with timer("sync"):
-                self.fleet.update_weights(self._export_weights())
+                self._sync_weights(version=step)
             metrics |= timer.split()
             metrics["rollout/engine_restarts"] = float(self.fleet.restarts)
             self.step = step
