@@ -7,7 +7,6 @@ object store samples, and not what they sampled before."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from rl.config.algorithm import PolicyLossConfig
 from rl.config.learner import LearnerConfig, OptimConfig
