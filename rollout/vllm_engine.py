@@ -117,6 +117,7 @@ class VLLMEngine(RolloutEngine):
             self.llm.start_weight_update()
             self.llm.update_weights({"update_info": update_info})
             self.llm.finish_weight_update(weight_version=version)
-        finally:
-            self.llm.shutdown_weight_transfer_engine()
+        except BaseException:  # an update left half done: this engine's weights are unknown, it must not sample
+            os._exit(1)  # the fleet replaces a dead engine and loads the current weights into the new one
+        self.llm.shutdown_weight_transfer_engine()
         self.llm.reset_prefix_cache()

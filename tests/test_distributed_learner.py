@@ -36,7 +36,7 @@ def make_batch(seed: int) -> Batch:
 
 
 def learner_cfg(**kw) -> LearnerConfig:
-    return LearnerConfig(micro_batch_size=2, ppo_epochs=2, mini_batches=2, num_threads=1,
+    return LearnerConfig(micro_batch_size=2, ppo_epochs=2, mini_batches=4, num_threads=1,
                          optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=1), **kw)
 
 
@@ -134,6 +134,15 @@ def test_two_ranks_update_as_one_and_resume_across_rank_counts(tiny_model_path, 
     assert_close(one, tmp_path / "one_from_two")  # resharded onto 1 rank
     spawn(2, tiny_model_path, case, range(2, 4), tmp_path / "two_from_one", one / "ckpt")
     assert_close(one, tmp_path / "two_from_one")  # one rank's checkpoint onto 2
+
+
+def test_some_mini_batch_leaves_a_rank_without_rows():
+    """The 2-rank runs above meet a mini-batch of one prompt's 2 rows (whole groups go to one rank): the other rank
+    runs fillers only. The learner's shuffles (seed 0, 2 epochs a step, 4 steps) are replayed here to show it."""
+    g = torch.Generator().manual_seed(0)
+    groups = make_batch(0).group_ids
+    one_group = [len(set(groups[c].tolist())) == 1 for _ in range(8) for c in torch.randperm(8, generator=g).chunk(4)]
+    assert any(one_group)
 
 
 def test_rows_split_by_tokens_keep_groups_whole():

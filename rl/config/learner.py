@@ -91,6 +91,9 @@ class LearnerConfig:
         check(self.head_chunk_tokens >= 1, f"{key}.head_chunk_tokens={self.head_chunk_tokens}: must be >= 1")
         check(self.ppo_epochs >= 1 and self.mini_batches >= 1, f"{key}.ppo_epochs and {key}.mini_batches must be >= 1")
         check(self.num_ranks >= 1, f"{key}.num_ranks={self.num_ranks}: must be >= 1")
+        check(self.num_ranks == 1 or self.num_gpus is None or self.num_gpus == 0 or self.num_gpus >= 1,
+              f"{key}.num_gpus={self.num_gpus} with {key}.num_ranks={self.num_ranks}: each rank needs a GPU of its "
+              f"own (NCCL refuses two ranks on one GPU); set {key}.num_gpus=1 (or 0 on CPU)")
         check(not (self.offload and self.num_ranks == 1),
               f"{key}.offload=true shards onto the CPU with FSDP2, which needs {key}.num_ranks > 1")
         if self.lora is not None:

@@ -34,8 +34,9 @@ def init_group(rank: int, world_size: int, address: str, port: int, timeout_s: f
     if world_size <= 1 or dist.is_initialized():
         return
     os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    backend = "gloo"
+    if torch.cuda.is_available():  # NCCL for GPU tensors; gloo too, for CPU ones (learner.offload keeps shards there)
+        backend = "cpu:gloo,cuda:nccl"
         torch.cuda.set_device(0)  # Ray gives each rank its own GPU, seen as device 0
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
 
@@ -87,7 +88,7 @@ def gather_objects(obj) -> list:
 
 
 def _device() -> torch.device:
-    return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -81,7 +81,9 @@ class Learner:
         # with LoRA the base weights are always the original model's (a checkpoint's model/ folder holds the merged
         # weights; its adapter/ folder is loaded by load_state)
         base = (ref_model_path or model_path) if cfg.lora is not None else model_path
-        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(self.device)
+        # with several ranks the weights stay on the CPU until fully_shard moves each rank's shard to its device
+        here = self.device if self.world == 1 else torch.device("cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(here)
         if getattr(self.model.config, "final_logit_softcapping", None):
             raise ValueError("models with final_logit_softcapping (e.g. Gemma 2) are not supported by the learner yet")
         if type(self.model.get_output_embeddings()) is not torch.nn.Linear:
@@ -95,7 +97,7 @@ class Learner:
         if kl is not None and cfg.lora is None:  # the reference policy is loaded only when a KL term uses it (with
             # LoRA it is the base: the adapter disabled)
             ref = ref_model_path or model_path  # on resume the policy comes from the checkpoint, the reference not
-            self.ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype).to(self.device).eval()
+            self.ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype).to(here).eval()
             self.ref_model.requires_grad_(False)
         # decoder + fused head as one module: what FSDP's root unit wraps (the head's weight is read directly)
         self.runner = PolicyForward(self.model, self.autocast_dtype, cfg.head_chunk_tokens)
@@ -120,7 +122,8 @@ class Learner:
         self._read = [0, 0]  # tokens the decoder read in this optimizer step's forward passes, and the real ones
 
     # -- forward passes ---------------------------------------------------------------------------------------
-    def _forward(self, runner: "PolicyForward", mb: Batch, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _forward(self, runner: "PolicyForward", mb: Batch, with_entropy: bool,
+                 count: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Token log-probs [B, T] aligned with input_ids (0 off the response), and optionally per-token entropy.
 
         The decoder runs under autocast when learner.mixed_precision is set (master weights stay in learner.dtype);
@@ -133,7 +136,7 @@ class Learner:
         packed = pack_shared_prompts(ids.cpu(), mb.attention_mask.cpu(),
                                      mb.prompt_lengths.cpu() if self.cfg.share_prompts and mb.prompt_lengths is not None
                                      else None, self.cfg.pack_max_tokens)
-        if torch.is_grad_enabled():  # the update's forward: what the decoder read, for the step's metrics
+        if torch.is_grad_enabled() and count:  # the update's forward: what the decoder read, for the step's metrics
             self._read[0] += packed.num_tokens
             self._read[1] += packed.real_tokens
         token_logp, token_h = runner(packed.input_ids.to(self.device), packed.position_ids.to(self.device),
@@ -190,6 +193,8 @@ class Learner:
         at most that many tokens counted as the micro-batch reads them (rows x its longest row); a row longer than
         the budget is a micro-batch of its own."""
         size, budget = self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch
+        if not len(order):  # this rank's share of the batch is empty (fillers only)
+            return []
         if budget is None:
             return list(order.split(size))
         out, start, longest = [], 0, 0
@@ -256,7 +261,7 @@ class Learner:
         for rows, micro in self._micro(mb):
             micro = micro.to(self.device)
             mask, aux = self._masks(micro)
-            logp, entropy = self._forward(self.runner, micro, with_entropy=True)
+            logp, entropy = self._forward(self.runner, micro, with_entropy=True, count=rows is not None)
             if rows is None:  # a filler (another rank has more micro-batches): FSDP's collectives, no gradient
                 (logp.sum() * 0.0 + (entropy.sum() * 0.0 if self.entropy_grad else 0.0)).backward()
                 continue
@@ -280,7 +285,8 @@ class Learner:
             stats["clip_frac"] += float((out.clipped.float() * mask).sum()) / num_tokens
             stats["ratio_mean"] += float((out.ratio * mask).sum()) / num_tokens
             stats["rollout_logp_diff"] += float(((logp.detach() - micro.rollout_logprobs).abs() * mask).sum()) / num_tokens
-        stats, all_h, read = self._over_ranks(stats, torch.cat(entropies), self._read)
+        # (a rank whose share of this mini-batch is empty ran fillers only: no entropies of its own)
+        stats, all_h, read = self._over_ranks(stats, torch.cat(entropies) if entropies else torch.empty(0), self._read)
         stats["tokens_read"] = float(read[0])
         stats["padding_frac"] = 1.0 - read[1] / max(read[0], 1)
         if all_h.numel():

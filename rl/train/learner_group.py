@@ -53,6 +53,15 @@ class LearnerGroup:
                 f"the cluster cannot place learner.num_ranks={n} ranks of {bundle} each within "
                 f"{PLACEMENT_TIMEOUT_S} s (it has {ray.available_resources()} free): lower learner.num_ranks, "
                 "learner.num_cpus or learner.num_gpus, or add nodes")
+        self.actors = []
+        try:
+            self._start(cfg, n, gpus, *args, **kwargs)
+        except BaseException:  # a rank that cannot start (bad path, out of memory): nothing is left behind
+            self.shutdown()
+            raise
+        self._pending: list = []  # the other ranks' part of the last export (they return None)
+
+    def _start(self, cfg, n: int, gpus: float, *args, **kwargs) -> None:
         self.actors = [
             ray.remote(LearnerRank).options(
                 num_cpus=cfg.num_cpus, num_gpus=gpus,
@@ -62,7 +71,6 @@ class LearnerGroup:
         ]
         address, port = ray.get(self.actors[0].address.remote())
         ray.get([a.start.remote(i, n, address, port, *args, **kwargs) for i, a in enumerate(self.actors)])
-        self._pending: list = []  # the other ranks' part of the last export (they return None)
 
     def submit(self, method: str, *args, **kwargs) -> list["ray.ObjectRef"]:
         """The call on every rank, in the same order on each (their collectives pair up); one ObjectRef per rank."""
