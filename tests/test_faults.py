@@ -52,7 +52,8 @@ def test_a_killed_engine_is_replaced_resynced_and_its_prompts_redone(ray_cluster
         weights = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).state_dict()
         changed = {k: v * 1.5 if "layers.0.mlp" in k else v for k, v in weights.items()}  # trained weights
         fleet.update_weights(changed)
-        fleet.weights_source = lambda: ray.put(changed)  # what the trainer points at the learner
+        ref = ray.put(changed)  # what the trainer points at the learner: the current weights into given engines
+        fleet.weights_source = lambda actors: ray.get([a.update_weights.remote(ref) for a in actors])
         reference = tokens(fleet.generate(prompts, sampling, seeds))
         assert reference != unsynced  # the sync changes what the engines sample
 
@@ -158,7 +159,7 @@ def test_a_dead_learner_stops_the_run_with_where_to_resume_and_a_rerun_finishes(
 
     def save_then_lose_the_learner(self, step):  # as the host's OOM killer would, right after step 1's checkpoint
         folder = save(self, step)
-        ray_cluster.kill(self.learner)
+        ray_cluster.kill(self.learner.actors[0])  # a rank of the learner group
         return folder
 
     monkeypatch.setattr(Trainer, "save", save_then_lose_the_learner)

@@ -124,22 +124,19 @@ class Trainer:
             weights=cfg.algorithm.token_weights, divergence=cfg.algorithm.divergence,
         )
         self.ctx.learner = LearnerClient(self.learner)
-        self.fleet.weights_source = self._load_weights  # a replaced engine loads the learner's current weights
+        # a replaced engine loads the learner's current weights
+        self.fleet.weights_source = lambda engines: self._sync_weights(self.step, engines)
         if self.resume_from is not None:
             self.learner.run("load_state", str(self.resume_from))
             self._sync_weights(version=self.step)
 
-    def _sync_weights(self, version: int) -> None:
-        """The learner's weights (after step `version`) into every engine (rollout.weight_sync)."""
+    def _sync_weights(self, version: int, engines: list | None = None) -> None:
+        """The learner's weights (after step `version`) into every engine, or into `engines` (replacements), as
+        rollout.weight_sync says."""
         if self.cfg.rollout.weight_sync == "transfer":
-            self.fleet.transfer_weights(self.learner, version=str(version))
-        else:
+            self.fleet.transfer_weights(self.learner, version=str(version), actors=engines)
+        elif engines is None:
             self.fleet.update_weights(self.learner.export_weights(self.cfg.rollout.dtype))
-
-    def _load_weights(self, engines: list) -> None:
-        """The learner's current weights into these (replacement) engine actors."""
-        if self.cfg.rollout.weight_sync == "transfer":
-            self.fleet.transfer_weights(self.learner, version=str(self.step), actors=engines)
         else:
             ref = self.learner.export_weights(self.cfg.rollout.dtype)
             ray.get([e.update_weights.remote(ref) for e in engines])
