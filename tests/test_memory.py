@@ -67,18 +67,23 @@ def _with_config(tmp_path: Path, model: str) -> Path:
 
 
 def test_a_recipe_that_cannot_fit_is_refused_at_start_with_the_knobs(tmp_path, capsys):
-    """dapo_math (Qwen2.5-Math-7B, full fine-tuning, fp32 masters) on one 80 GiB learner GPU: refused before Ray
-    starts, naming the need, the GPU size and what would fit."""
+    """dapo_math (Qwen2.5-Math-7B, full fine-tuning, fp32 masters) on one 80 GiB learner GPU (learner.num_ranks=1;
+    the recipe sets 4): refused before Ray starts, naming the need, the GPU size and what would fit."""
     from rl.cli import main
 
     folder = _with_config(tmp_path, "Qwen/Qwen2.5-Math-7B")
     with pytest.raises(SystemExit) as e:
-        main(["train", str(ROOT / "recipes" / "dapo_math.yaml"), f"model.path={folder}", f"output_dir={tmp_path}/run"])
+        main(["train", str(ROOT / "recipes" / "dapo_math.yaml"), f"model.path={folder}", f"output_dir={tmp_path}/run",
+              "learner.num_ranks=1"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "the learner needs about 146 GiB" in err and "> 80 GiB a GPU (ray.gpu_memory_gib)" in err, err
-    assert "learner.lora={rank: 64} (LoRA; about 64 GiB)" in err and "learner.num_ranks" in err, err
+    assert "learner.lora={rank: 64} (LoRA; about 64 GiB)" in err, err
+    assert "learner.num_ranks=4 (FSDP2 shards on 4 GPUs; about 53 GiB each)" in err, err  # 2 ranks: 81 GiB
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
+    shipped = load_config(str(ROOT / "recipes" / "dapo_math.yaml"), [f"model.path={folder}"])
+    assert shipped.learner.num_ranks == 4
+    assert fit_problems(Shape.from_config(SHAPES["Qwen/Qwen2.5-Math-7B"]), shipped, 80.0) == []
 
 
 def test_the_recipes_that_fit_pass_and_fp32_masters_cost_what_they_should(tmp_path):
