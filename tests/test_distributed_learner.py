@@ -90,7 +90,7 @@ def spawn(world_size: int, *args) -> None:
 
 
 def results(out: Path):
-    return torch.load(out / "weights.pt"), json.loads((out / "metrics.json").read_text())
+    return torch.load(out / "weights.pt", weights_only=True), json.loads((out / "metrics.json").read_text())
 
 
 LAYOUT = {"tokens_read", "padding_frac"}  # what the micro-batches read: depends on how rows split over ranks
