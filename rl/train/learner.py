@@ -324,8 +324,7 @@ class Learner:
     def export_weights(self, dtype: str | None = None) -> dict[str, torch.Tensor] | None:
         """The policy's state dict on CPU (cast to the engines' dtype), for weight sync. With several ranks each
         parameter is gathered in turn (every rank calls this) and rank 0 returns the dict, the others None."""
-        cast = getattr(torch, dtype) if dtype and dtype != "auto" else None
-        weights = merged_lora_state_dict(self.model) if self.cfg.lora is not None else self.model.state_dict()
+        weights, cast = self._weights_out(dtype)
         out = {}
         for k, v in weights.items():
             v = full_tensor(v.detach())
@@ -333,10 +332,14 @@ class Learner:
                 out[k] = (v.to(cast) if cast is not None else v).cpu()
         return out if self.rank == 0 else None
 
+    def _weights_out(self, dtype: str | None) -> tuple[dict, torch.dtype | None]:
+        """The state dict the engines load (LoRA: merged, under the base's names) and the dtype to cast it to."""
+        cast = getattr(torch, dtype) if dtype and dtype != "auto" else None
+        return (merged_lora_state_dict(self.model) if self.cfg.lora is not None else self.model.state_dict()), cast
+
     def weight_metadata(self, dtype: str | None = None) -> dict:
         """What export_weights returns, without the values: names, dtype names and shapes (global shapes)."""
-        cast = getattr(torch, dtype) if dtype and dtype != "auto" else None
-        weights = merged_lora_state_dict(self.model) if self.cfg.lora is not None else self.model.state_dict()
+        weights, cast = self._weights_out(dtype)
         return {"names": list(weights), "dtype_names": [str(cast or v.dtype).removeprefix("torch.")
                                                           for v in weights.values()],
                 "shapes": [list(v.shape) for v in weights.values()]}
