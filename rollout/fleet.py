@@ -62,7 +62,7 @@ class RolloutFleet:
     replaced, loaded with the current weights, and given its unfinished prompts again; seeds are per prompt, so the
     redone samples are the ones the dead engine would have returned, and none is lost or counted twice."""
 
-    def __init__(self, cfg: RolloutConfig, model_path: str, seed: int = 0):
+    def __init__(self, cfg: RolloutConfig, model_path: str, seed: int = 0, wait: bool = True):
         if cfg.engine not in ENGINES:
             raise ValueError(f"rollout.engine={cfg.engine!r}; choose one of {sorted(ENGINES)}")
         self.cfg, self.model_path = cfg, model_path
@@ -85,6 +85,11 @@ class RolloutFleet:
         self.weights_source: Callable[[list], None] | None = None
         self.restarts = 0  # engines replaced so far in this run
         self.actors = [self._start() for _ in range(cfg.num_engines)]
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until every engine has loaded (RolloutFleet(wait=False) returns while they start)."""
         ray.get([a.ready.remote() for a in self.actors])
 
     def _start(self):

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer
 
 from rewards import RewardError, RewardManager, RewardOutput
-from rl.cluster import start_ray
+from rl.cluster import gpus_per_actor, start_ray
 from rl.config import Config, to_dict, to_yaml
 from rl.core.advantages import compute_advantages
 from rl.core.batch import Batch
@@ -115,14 +115,17 @@ class Trainer:
         cfg = self.cfg
         start_ray(cfg.ray)
         self.rewards.start()  # reward classes become Ray actors: a scorer that cannot start fails before the engines
-        # the rollout engines start first: on a GPU node they take their share of memory before the learner
-        self.fleet = RolloutFleet(cfg.rollout, self.model_path, seed=cfg.seed)
+        # the rollout engines start first: on a GPU node they take their share of memory before the learner starts;
+        # on CPU nodes (no such race) the learner starts while they load
+        on_gpu = gpus_per_actor(cfg.rollout.num_gpus_per_engine) > 0
+        self.fleet = RolloutFleet(cfg.rollout, self.model_path, seed=cfg.seed, wait=on_gpu)
         policy = str(self.resume_from / "model") if self.resume_from is not None else self.model_path
         self.learner = LearnerGroup(  # learner.num_ranks actors, one FSDP2 shard each
             cfg.learner, policy, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl, total_steps=cfg.trainer.total_steps,
             max_response_tokens=cfg.rollout.sampling.max_tokens, seed=cfg.seed, ref_model_path=self.model_path,
             weights=cfg.algorithm.token_weights, divergence=cfg.algorithm.divergence,
         )
+        self.fleet.wait_ready()
         self.ctx.learner = LearnerClient(self.learner)
         # a replaced engine loads the learner's current weights
         self.fleet.weights_source = lambda engines: self._sync_weights(self.step, engines)
