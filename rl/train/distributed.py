@@ -14,7 +14,6 @@ normalisers are global), so the gradient is the sum of the ranks' gradients: FSD
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import torch
@@ -29,16 +28,27 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_group(rank: int, world_size: int, address: str, port: int, timeout_s: float = 600.0) -> None:
-    """Join the learner's process group: NCCL when this rank has a GPU, else gloo."""
+def listen(address: str, world_size: int, timeout_s: float = 600.0) -> dist.TCPStore:
+    """Rank 0's rendezvous: a TCPStore on a port the OS picks and this store holds from now on (`.port`), so no other
+    process can take it between choosing and joining."""
+    return dist.TCPStore(address, 0, world_size, is_master=True, wait_for_workers=False,
+                         timeout=timedelta(seconds=timeout_s))
+
+
+def init_group(rank: int, world_size: int, address: str, port: int, timeout_s: float = 600.0,
+               store: dist.TCPStore | None = None) -> None:
+    """Join the learner's process group at rank 0's store (`store` on rank 0, from `listen`; the others connect to
+    address:port): NCCL when this rank has a GPU, else gloo."""
     if world_size <= 1 or dist.is_initialized():
         return
-    os.environ.update(MASTER_ADDR=address, MASTER_PORT=str(port))
+    timeout = timedelta(seconds=timeout_s)
+    if store is None:
+        store = dist.TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout)
     backend = "gloo"
     if torch.cuda.is_available():  # NCCL for GPU tensors; gloo too, for CPU ones (learner.offload keeps shards there)
         backend = "cpu:gloo,cuda:nccl"
         torch.cuda.set_device(0)  # Ray gives each rank its own GPU, seen as device 0
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
 
 
 def split_rows(lengths: Tensor, groups: Tensor | None, world_size: int, rank: int) -> Tensor:

@@ -395,10 +395,11 @@ class Learner:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         weights = self.export_weights()
-        if self.rank == 0:
-            self.model.save_pretrained(path / "model", state_dict=weights, safe_serialization=True)
         dcp.save({"optimizer": get_optimizer_state_dict(self.runner, self.optimizer)},
                  checkpoint_id=str(path / "optimizer"))
+        # after the collectives: a rank-0 failure here (a full disk) reaches the driver, no rank waits for it
+        if self.rank == 0:
+            self.model.save_pretrained(path / "model", state_dict=weights, safe_serialization=True)
 
     def load_state(self, folder: str) -> None:
         """Optimizer, scheduler and RNG state from a checkpoint (the weights were loaded from its model/ folder).

@@ -21,18 +21,29 @@ class LearnerRank:
     """One rank: joins the group, then builds its Learner; `call` runs a Learner method."""
 
     def address(self) -> tuple[str, int]:
-        """This node's address and a free port: rank 0's are the group's rendezvous."""
+        """This node's address and a port free now: where a weight-transfer group meets (vLLM's API takes a port
+        number and opens it itself)."""
         import socket
 
         with socket.socket() as s:
             s.bind(("", 0))
             return ray.util.get_node_ip_address(), s.getsockname()[1]
 
+    def listen(self, world_size: int) -> tuple[str, int]:
+        """Rank 0: this node's address and the port of the group's rendezvous store, held open until `start`."""
+        from rl.train.distributed import listen
+
+        host = ray.util.get_node_ip_address()
+        if world_size <= 1:  # a group of one has no process group
+            return host, 0
+        self._store = listen(host, world_size)
+        return host, self._store.port
+
     def start(self, rank: int, world_size: int, address: str, port: int, *args, **kwargs) -> None:
         from rl.train.distributed import init_group
         from rl.train.learner import Learner
 
-        init_group(rank, world_size, address, port)
+        init_group(rank, world_size, address, port, store=getattr(self, "_store", None))
         self.learner = Learner(*args, **kwargs)
 
     def call(self, method: str, *args, **kwargs):
@@ -69,7 +80,7 @@ class LearnerGroup:
             ).remote()
             for i in range(n)
         ]
-        address, port = ray.get(self.actors[0].address.remote())
+        address, port = ray.get(self.actors[0].listen.remote(n))
         ray.get([a.start.remote(i, n, address, port, *args, **kwargs) for i, a in enumerate(self.actors)])
 
     def submit(self, method: str, *args, **kwargs) -> list["ray.ObjectRef"]:
