@@ -20,6 +20,8 @@ PLACEMENT_TIMEOUT_S = 120
 class LearnerRank:
     """One rank: joins the group, then builds its Learner; `call` runs a Learner method."""
 
+    _store = None  # rank 0's rendezvous store (`listen`), on the other ranks and in a group of one None
+
     def address(self) -> tuple[str, int]:
         """This node's address and a port free now: where a weight-transfer group meets (vLLM's API takes a port
         number and opens it itself)."""
@@ -43,7 +45,7 @@ class LearnerRank:
         from rl.train.distributed import init_group
         from rl.train.learner import Learner
 
-        init_group(rank, world_size, address, port, store=getattr(self, "_store", None))
+        init_group(rank, world_size, address, port, store=self._store)
         self.learner = Learner(*args, **kwargs)
 
     def call(self, method: str, *args, **kwargs):
