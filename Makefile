@@ -29,11 +29,16 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 train: setup
 	$(VENV)/bin/rlvr train recipes/quickstart.yaml $(ARGS)
 
+# Tests run in TEST_WORKERS pytest-xdist processes (work stealing): most of an end-to-end test is start-up (imports,
+# Ray, vLLM) that keeps about half of 2 cores busy, so 2 workers on 2 cores cut the suite by about a fifth. Each
+# worker starts its own Ray cluster and its runs start theirs; more workers need about 2 cores and 3 GiB each.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(VENV)/bin/python -m pytest -q -ra --durations=25 tests $(ARGS)
+	$(VENV)/bin/python -m pytest -q -ra --durations=25 -n $(TEST_WORKERS) --dist worksteal tests $(ARGS)
 
 test-fast: setup
-	$(VENV)/bin/python -m pytest -q -m "not integration" tests $(ARGS)
+	$(VENV)/bin/python -m pytest -q -m "not integration" -n $(TEST_WORKERS) --dist worksteal tests $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs
