@@ -262,15 +262,16 @@ def test_a_client_without_the_token_is_refused_by_the_cluster_rlvr_starts(tmp_pa
         token = (home / ".ray" / "auth_token").read_text().strip()
         assert token, "start_ray started a cluster without a token"
 
-        def client(**extra):
+        def client(**extra) -> subprocess.Popen:  # the three clients run at once (each mostly waits on the GCS)
             e = {k: v for k, v in env.items()} | {"HOME": str(tmp_path / "elsewhere")} | extra
-            out = subprocess.run([sys.executable, "-c", CLIENT, gcs], capture_output=True, text=True, env=e,
-                                 timeout=300)
-            return out.stdout.strip().splitlines()[-1]
+            return subprocess.Popen([sys.executable, "-c", CLIENT, gcs], stdout=subprocess.PIPE, text=True, env=e)
 
-        assert client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * len(token)) == "REFUSED ConnectionError"
-        assert client(RAY_AUTH_MODE="disabled") == "REFUSED ConnectionError"  # sends no token at all
-        assert client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token) == "CONNECTED 1"
+        clients = {"a wrong token": client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * len(token)),
+                   "no token": client(RAY_AUTH_MODE="disabled"),  # sends no token at all
+                   "the cluster's token": client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)}
+        said = {who: c.communicate(timeout=300)[0].strip().splitlines()[-1] for who, c in clients.items()}
+        assert said == {"a wrong token": "REFUSED ConnectionError", "no token": "REFUSED ConnectionError",
+                        "the cluster's token": "CONNECTED 1"}, said
     finally:
         server.stdin.close()
         server.wait(timeout=120)
