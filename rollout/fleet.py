@@ -96,6 +96,7 @@ class RolloutFleet:
         return RolloutActor.options(**self.options).remote(self.cfg.engine, self.model_path, self.kwargs)
 
     def _replace(self, i: int, error: Exception) -> None:
+        """Engine i is gone (or its state unknown): a new one in its place, loaded with the current weights."""
         if self._restarts_this_call >= self.cfg.max_engine_restarts:
             raise RuntimeError(
                 f"rollout engine {i} died and {self._restarts_this_call} replacements in this call died too "
@@ -105,11 +106,10 @@ class RolloutFleet:
         self.restarts += 1
         print(f"[rollout] engine {i} died ({type(error).__name__}); starting a replacement", flush=True)
         ray.kill(self.actors[i], no_restart=True)
-        actor = self._start()
-        ray.get(actor.ready.remote())
-        if self.weights_source is not None:
-            self.weights_source([actor])
-        self.actors[i] = actor
+        self.actors[i] = self._start()
+        ray.get(self.actors[i].ready.remote())
+        if self.weights_source is not None:  # (a failed load replaces self.actors[i] again, within the bound)
+            self.weights_source([self.actors[i]])
 
     def _on_all(self, method: str, shards: list[tuple], on_result: Callable[[int, object], None] | None = None) -> list:
         """actor i runs `method(*shards[i])` (None: nothing for it); dead engines are replaced and their shard redone.
@@ -162,15 +162,55 @@ class RolloutFleet:
     def transfer_weights(self, learner, version: str, actors: list | None = None) -> None:
         """The learner's weights into the engines (all, or `actors`) through vLLM's weight-transfer API: one gloo
         group of the learner's rank 0 and the engines for this sync (rollout/weight_transfer.py), so a replaced
-        engine needs nothing special. `learner`: rl.train.learner_group.LearnerGroup."""
-        actors = self.actors if actors is None else actors
+        engine needs nothing special. `learner`: rl.train.learner_group.LearnerGroup.
+
+        An engine found dead before the group forms is left out and replaced (the replacement is loaded on its own);
+        one that dies during the sync breaks the broadcast for the others: every engine whose receive failed is
+        replaced and loaded again, within rollout.max_engine_restarts. A learner failure with every engine well is
+        the learner's own and is raised."""
+        if actors is None:  # a sync of the whole fleet (not a replacement's load)
+            self._restarts_this_call = 0
+            dead = self._dead()
+            for i in dead:
+                self._replace(i, RuntimeError("found dead before the weight sync"))
+            loaded = dead if self.weights_source is not None else []  # (the replacements got the weights)
+            actors = [a for i, a in enumerate(self.actors) if i not in loaded]
+            if not actors:
+                return
         address, port = learner.endpoint()
         world = 1 + len(actors)
         meta = learner.weight_metadata(self.cfg.dtype) | {"bucket_bytes": self.cfg.weight_bucket_mib << 20}
+        timeout = self.cfg.weight_transfer_timeout_s
         receiving = [a.receive_weights.remote(dict(master_address=address, master_port=port, rank_offset=1 + i,
-                                                   world_size=world), meta, version)
+                                                   world_size=world, timeout_s=timeout), meta, version)
                      for i, a in enumerate(actors)]
-        ray.get(learner.broadcast(address, port, world, self.cfg.dtype, meta["bucket_bytes"]) + receiving)
+        sending = learner.broadcast(address, port, world, self.cfg.dtype, meta["bucket_bytes"], timeout)
+        failed = []
+        for actor, ref in zip(actors, receiving):
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError as e:  # died (RayActorError), or its sync raised: its weights are unknown
+                failed.append((actor, e))
+        try:
+            ray.get(sending)
+        except ray.exceptions.RayError:
+            if not failed:
+                raise
+        for actor, error in failed:
+            i = next((i for i, a in enumerate(self.actors) if a is actor), None)
+            if i is not None:  # (None: replaced meanwhile)
+                self._replace(i, error)
+
+    def _dead(self) -> list[int]:
+        """The engines that do not answer (their actor has died)."""
+        pings = [a.ready.remote() for a in self.actors]
+        dead = []
+        for i, ref in enumerate(pings):
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                dead.append(i)
+        return dead
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -25,7 +25,6 @@ from datetime import timedelta
 import torch
 
 BACKEND = "gloo"
-TIMEOUT = timedelta(seconds=600)
 
 
 def buckets(nbytes: list[int], limit: int) -> list[list[int]]:
@@ -45,11 +44,13 @@ def nbytes(dtype: torch.dtype, shape: list[int]) -> int:
     return int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
 
 
-def join(address: str, port: int, world_size: int, rank: int = 0):
-    """This process's end of the transfer group (the learner: rank 0, which hosts its TCP store)."""
+def join(address: str, port: int, world_size: int, rank: int = 0, timeout_s: float = 300.0):
+    """This process's end of the transfer group (the learner: rank 0, which hosts its TCP store); the rendezvous and
+    each collective give up after timeout_s (a peer that died before joining, or mid-broadcast)."""
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
-    return stateless_init_torch_distributed_process_group(address, port, rank, world_size, BACKEND, timeout=TIMEOUT)
+    return stateless_init_torch_distributed_process_group(address, port, rank, world_size, BACKEND,
+                                                          timeout=timedelta(seconds=timeout_s))
 
 
 def leave(pg) -> None:
@@ -95,6 +96,7 @@ class GlooInitInfo:
     master_port: int
     rank_offset: int  # this engine's first rank in the group (the learner is 0)
     world_size: int
+    timeout_s: float = 300.0  # rollout.weight_transfer_timeout_s
 
 
 @dataclass
@@ -118,7 +120,8 @@ def _engine_class():
         def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
             p = self.parallel_config
             rank = init_info.rank_offset + p.data_parallel_index * p.world_size + p.rank
-            self.pg = join(init_info.master_address, init_info.master_port, init_info.world_size, rank)
+            self.pg = join(init_info.master_address, init_info.master_port, init_info.world_size, rank,
+                           init_info.timeout_s)
 
         def start_weight_update(self) -> None:
             from vllm.model_executor.model_loader.reload import initialize_layerwise_reload

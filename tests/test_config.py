@@ -204,7 +204,7 @@ def test_harmless_keys_on_resume_come_from_field_metadata():
         "learner.num_cpus", "learner.num_gpus", "learner.num_threads", "learner.micro_batch_size",
         "learner.gradient_checkpointing", "learner.head_chunk_tokens", "learner.max_tokens_per_micro_batch",
         "learner.share_prompts", "learner.pack_max_tokens", "learner.num_ranks", "learner.offload",
-        "rollout.weight_sync", "rollout.weight_bucket_mib",
+        "rollout.weight_sync", "rollout.weight_bucket_mib", "rollout.weight_transfer_timeout_s",
         "reward_policy.timeout_s",
         "rollout.dtype", "learner.mixed_precision"}
     old = to_dict(load_config("recipes/quickstart.yaml"))

@@ -7,6 +7,7 @@ object store samples, and not what they sampled before."""
 from __future__ import annotations
 
 import pytest
+import ray
 
 from rl.config.algorithm import PolicyLossConfig
 from rl.config.learner import LearnerConfig, OptimConfig
@@ -55,4 +56,52 @@ def test_transfer_into_multiprocess_engines_equals_the_object_store(ray_cluster,
     finally:
         transfer.shutdown()
         plain.shutdown()
+        learner.shutdown()
+
+
+def each_engine(fleet: RolloutFleet) -> list[list[list[int]]]:
+    """Every engine's greedy tokens for all of PROMPTS."""
+    out = ray.get([a.generate.remote(PROMPTS, GREEDY, [0, 1, 2]) for a in fleet.actors])
+    return [[g[0].response_ids for g in groups] for groups in out]
+
+
+def test_an_engine_that_dies_around_a_sync_is_replaced_with_the_new_weights(ray_cluster, tiny_model_path):
+    """Engine 0 found dead before a sync: it is left out of the group and its replacement loaded on its own. Engine 1
+    dying after that check, before the group forms: the rendezvous gives up after weight_transfer_timeout_s, and every
+    engine whose receive failed is replaced and loaded. Either way every engine then samples alike, and not as before
+    the sync (the test above holds the transfer equal to the object store)."""
+    cfg = LearnerConfig(num_threads=1, micro_batch_size=2, num_cpus=0.25, optim=OptimConfig(lr=1e-2))
+    learner = LearnerGroup(cfg, tiny_model_path, cfg, PolicyLossConfig(), None, total_steps=2, max_response_tokens=8)
+    fleet = RolloutFleet(RolloutConfig(num_engines=2, weight_sync="transfer", weight_transfer_timeout_s=10,
+                                       dtype="float32", max_model_len=256, kv_cache_gib=1, num_cpus_per_engine=0.25),
+                         tiny_model_path)
+    version = {"now": "0"}
+    fleet.weights_source = lambda actors: fleet.transfer_weights(learner, version["now"], actors)
+    try:
+        before = each_engine(fleet)[0]
+        learner.run("update", make_batch(seed=1))
+        version["now"] = "1"
+        ray_cluster.kill(fleet.actors[0], no_restart=True)
+        fleet.transfer_weights(learner, "1")
+        assert fleet.restarts == 1
+        first, second = each_engine(fleet)
+        assert first == second != before
+
+        learner.run("update", make_batch(seed=2))
+        version["now"] = "2"
+        check = fleet._dead
+
+        def dies_after_the_check():  # the engine is alive when pinged, dead when the group forms
+            dead = check()
+            ray_cluster.kill(fleet.actors[1], no_restart=True)
+            return dead
+
+        fleet._dead = dies_after_the_check
+        fleet.transfer_weights(learner, "2")
+        fleet._dead = check
+        assert fleet.restarts == 3  # engine 1, and engine 0 whose receive timed out with the broken group
+        now = each_engine(fleet)
+        assert now[0] == now[1] and now[0] not in (before, first)
+    finally:
+        fleet.shutdown()
         learner.shutdown()

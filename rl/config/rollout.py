@@ -127,6 +127,8 @@ class RolloutConfig:
     # learner broadcasts byte buckets, only names and shapes cross vLLM's RPC; works with the multiprocess engine
     # core, the GPU default, which the CPU engine then runs too). rollout/weight_transfer.py
     weight_bucket_mib: int = field(default=1024, metadata=ANY_ON_RESUME)  # transfer: bytes broadcast at a time
+    weight_transfer_timeout_s: float = field(default=300.0, metadata=ANY_ON_RESUME)  # transfer: how long the group's
+    # rendezvous and a broadcast wait for an engine before the sync gives up on it (and replaces it)
     max_engine_restarts: int = field(default=3, metadata=ANY_ON_RESUME)  # replacements of dead engines within one
     # generate/sync call before giving up
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -156,6 +158,8 @@ class RolloutConfig:
         check(self.weight_sync != "transfer" or self.engine == "vllm",
               f"{key}.weight_sync=transfer is vLLM's weight-transfer API: it needs {key}.engine=vllm")
         check(self.weight_bucket_mib >= 1, f"{key}.weight_bucket_mib={self.weight_bucket_mib}: must be >= 1")
+        check(self.weight_transfer_timeout_s > 0,
+              f"{key}.weight_transfer_timeout_s={self.weight_transfer_timeout_s}: must be > 0 (seconds, e.g. 300)")
         check(self.sampling.n >= 1, f"{key}.sampling.n must be >= 1")
         for name in ("sampling", "eval_sampling"):
             regex = getattr(self, name).regex

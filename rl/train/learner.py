@@ -344,9 +344,11 @@ class Learner:
                                                           for v in weights.values()],
                 "shapes": [list(v.shape) for v in weights.values()]}
 
-    def broadcast_weights(self, address: str, port: int, world_size: int, dtype: str | None, bucket_bytes: int) -> None:
+    def broadcast_weights(self, address: str, port: int, world_size: int, dtype: str | None, bucket_bytes: int,
+                          timeout_s: float) -> None:
         """Weight sync through vLLM's weight-transfer API: every rank gathers the weights (export_weights), rank 0
-        joins the engines' transfer group as its rank 0 and broadcasts them (rollout/weight_transfer.py)."""
+        joins the engines' transfer group as its rank 0 and broadcasts them (rollout/weight_transfer.py); the group's
+        rendezvous and each broadcast give up after timeout_s."""
         weights = self.export_weights(dtype)
         if self.rank == 0:
             from rollout.weight_transfer import join, leave, send

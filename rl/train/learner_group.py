@@ -112,10 +112,10 @@ class LearnerGroup:
             self._metadata = (dtype, self.run("weight_metadata", dtype))
         return self._metadata[1]
 
-    def broadcast(self, address: str, port: int, world_size: int, dtype: str | None,
-                  bucket_bytes: int) -> list["ray.ObjectRef"]:
+    def broadcast(self, address: str, port: int, world_size: int, dtype: str | None, bucket_bytes: int,
+                  timeout_s: float) -> list["ray.ObjectRef"]:
         """Every rank gathers the weights; rank 0 joins the transfer group and broadcasts them."""
-        return self.submit("broadcast_weights", address, port, world_size, dtype, bucket_bytes)
+        return self.submit("broadcast_weights", address, port, world_size, dtype, bucket_bytes, timeout_s)
 
     def shutdown(self) -> None:
         for a in self.actors:
