@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from rl.config.errors import check
 from rl.core.registry import (ADVANTAGE_ESTIMATORS, F_DIVERGENCES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES,
-                              TOKEN_WEIGHTS)
+                              ROLLOUT_CORRECTIONS, TOKEN_WEIGHTS)
 
 SINGLETON_POLICIES = ("zero", "reward")
 WHITEN_LEVELS = ("token", "sequence")
@@ -69,6 +69,24 @@ class KLConfig:
               f"{key}.estimator={self.estimator!r}; choose one of {KL_ESTIMATORS.names()}")
         check(self.coef is not None and self.coef > 0,
               f"{key}.coef={self.coef}: give the KL weight (> 0, e.g. 0.001), or remove {key} to train without KL")
+
+
+@dataclass
+class RolloutCorrectionConfig:
+    """Importance weights (and rejection) for the sampler/learner mismatch, rho_t = pi_old(y_t) / mu(y_t)
+    (rl/core/rollout_correction.py). The mismatch itself is logged every step whether or not this is on."""
+
+    name: str = "tis"  # tis | seq_tis (truncate) | mis (reject rows) | icepop (reject tokens)
+    cap: float = 2.0  # C: tis/seq_tis truncate the weight at C; mis/icepop reject ratios above C (IcePop: 5)
+    low: float = 0.0  # mis/icepop reject ratios below this (IcePop: 0.5); 0 rejects none from below
+
+    def check(self, key: str) -> None:
+        check(self.name in ROLLOUT_CORRECTIONS,
+              f"{key}.name={self.name!r}; choose one of {ROLLOUT_CORRECTIONS.names()}")
+        check(self.cap > 0, f"{key}.cap={self.cap} must be > 0 (e.g. 2.0)")
+        check(0 <= self.low < self.cap, f"{key}.low={self.low} must be in [0, cap={self.cap})")
+        check(self.low == 0 or self.name in ("mis", "icepop"),
+              f"{key}.low={self.low} is read by mis and icepop only; {self.name} truncates at cap: remove {key}.low")
 
 
 @dataclass
@@ -204,6 +222,7 @@ class AlgorithmConfig:
     kl: KLConfig | None = None
     token_weights: TokenWeightConfig | None = None  # STEER, 80/20
     divergence: DivergenceConfig | None = None  # DPH-RL
+    rollout_correction: RolloutCorrectionConfig | None = None  # TIS / MIS / IcePop (off: plain on-policy loss)
     hicra: HicraConfig | None = None  # planning-token advantage boost
     dynamic_sampling: DynamicSamplingConfig | None = None  # DAPO
     overlong: OverlongConfig | None = None  # DAPO
@@ -213,7 +232,8 @@ class AlgorithmConfig:
         self.advantage.check(f"{key}.advantage")
         self.loss.check(f"{key}.loss")
         self.loss.check_clip(f"{key}.loss")
-        for name in ("kl", "token_weights", "hicra", "divergence", "dynamic_sampling", "length_penalty"):
+        for name in ("kl", "token_weights", "hicra", "divergence", "rollout_correction", "dynamic_sampling",
+                     "length_penalty"):
             if (section := getattr(self, name)) is not None:
                 section.check(f"{key}.{name}")
         if self.overlong is not None:

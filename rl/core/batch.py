@@ -46,6 +46,13 @@ class Batch:
         lengths = self.response_lengths
         return lengths + self.prefix_lengths.to(lengths.dtype) if self.prefix_lengths is not None else lengths
 
+    def loss_masks(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The policy-loss mask, and the mask of the rows only a loss term reads (divergence_mask: pi0's samples)."""
+        if self.divergence_mask is None:
+            return self.response_mask, None
+        d = self.divergence_mask.to(self.response_mask.dtype).unsqueeze(-1)
+        return self.response_mask * (1 - d), self.response_mask * d
+
     def select(self, index: torch.Tensor | Sequence[int]) -> "Batch":
         """Rows `index` of every tensor field."""
         index = torch.as_tensor(index, dtype=torch.long)

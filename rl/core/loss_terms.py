@@ -2,6 +2,7 @@
 
     l_t  = policy_loss_t(ratio_t, A_t)                      the registered policy loss (rl/core/losses.py)
     l_t *= w_t                                              token weights: STEER, 80/20 (rl/core/token_weights.py)
+    l_t *= w^IS_t                                           rollout correction: TIS, MIS (rl/core/rollout_correction.py)
     l_t += beta * KL_t(pi || pi_ref)                        the KL penalty in the loss (rl/core/kl.py)
     l_t -= c * H_t                                          the entropy bonus
     L    = aggregate(l, mask)  + eta * D_f(pi0 || pi)       DPH-RL's f-divergence on pi0's rows (rl/core/divergences.py)
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from rl.core.divergences import f_divergence_loss
 from rl.core.kl import kl_penalty
+from rl.core.rollout_correction import REJECTING, rollout_correction
 from rl.core.token_weights import TokenStats, token_weights
 
 
@@ -86,6 +88,44 @@ class TokenWeights(Term):
         return token_loss * weights
 
 
+class RolloutCorrection(Term):
+    """l_t * w_t, the importance weight of the sampler/learner mismatch rho_t = pi_old(y_t) / mu(y_t); a rejecting
+    correction (mis, icepop) takes its rejected tokens out of the batch's response_mask before the update, so they
+    leave the loss and its normalisers. A rejecting correction needs pi_old's log-probs before the update (one
+    forward pass without gradient when nothing else needs them); tis and seq_tis on the on-policy path (one epoch,
+    one mini-batch) read them off the update's own forward pass, detached, as the policy loss does."""
+
+    name = "rollout_correction"
+
+    def __init__(self, cfg):
+        self.cfg, self.rejected_frac = cfg, 0.0
+
+    def _correction(self, old, rollout, mask):
+        return rollout_correction(old, rollout, mask, self.cfg.name, self.cfg.cap, self.cfg.low)
+
+    def prepare(self, learner, batch) -> None:
+        self.rejected_frac = 0.0
+        if self.cfg.name not in REJECTING:
+            return
+        if batch.old_logprobs is None:
+            batch.old_logprobs = learner.compute_logprobs(batch)
+        rl_mask = batch.loss_masks()[0]
+        keep = self._correction(batch.old_logprobs, batch.rollout_logprobs, rl_mask).keep
+        self.rejected_frac = float(((1 - keep) * rl_mask).sum() / rl_mask.sum().clamp(min=1))
+        batch.response_mask = batch.response_mask * keep
+
+    def per_token(self, token_loss, x, stats):
+        mb, mask = x.micro, x.mask
+        old = mb.old_logprobs if mb.old_logprobs is not None else x.logp.detach()  # (on-policy: this pass is pi_old)
+        c = self._correction(old, mb.rollout_logprobs, mask)
+        w = c.weights.to(token_loss.device)
+        stats["rollout_correction/weight_mean"] += float((w * mask).sum()) / x.num_tokens
+        stats["rollout_correction/truncated_frac"] += float((c.truncated * mask).sum()) / x.num_tokens
+        # the kept tokens of the step's micro-batches sum to num_tokens: this adds up to the batch's rejected_frac
+        stats["rollout_correction/rejected_frac"] += self.rejected_frac * float(mask.sum()) / x.num_tokens
+        return token_loss * w
+
+
 class KLPenalty(Term):
     """l_t + beta * KL_t(pi || pi_ref), the estimator from the registry; pi_ref's log-probs come before the update."""
 
@@ -133,13 +173,18 @@ class FDivergence(Term):
         return loss + self.cfg.eta * div
 
 
-LOSS_TERMS = {  # name -> build(learner cfg, kl, token weights, divergence; None: off) -> Term | None, in the order they apply
-    "token_weights": lambda lc, kl, tw, dv: TokenWeights(tw) if tw is not None else None,
-    "kl": lambda lc, kl, tw, dv: KLPenalty(kl) if kl is not None and not kl.in_reward else None,
-    "entropy_bonus": lambda lc, kl, tw, dv: EntropyBonus(lc.entropy_coef) if lc.entropy_coef > 0 else None,
-    "divergence": lambda lc, kl, tw, dv: FDivergence(dv) if dv is not None else None,
+LOSS_TERMS = {  # name -> build(learner cfg, the algorithm's sections by name; None: off) -> Term | None, in the order
+    # they apply
+    "token_weights": lambda lc, s: TokenWeights(s["token_weights"]) if s["token_weights"] is not None else None,
+    "rollout_correction": lambda lc, s: RolloutCorrection(s["rollout_correction"])
+    if s["rollout_correction"] is not None else None,
+    "kl": lambda lc, s: KLPenalty(s["kl"]) if s["kl"] is not None and not s["kl"].in_reward else None,
+    "entropy_bonus": lambda lc, s: EntropyBonus(lc.entropy_coef) if lc.entropy_coef > 0 else None,
+    "divergence": lambda lc, s: FDivergence(s["divergence"]) if s["divergence"] is not None else None,
 }
 
 
-def build_terms(learner_cfg, kl, weights, divergence) -> list[Term]:
-    return [t for build in LOSS_TERMS.values() if (t := build(learner_cfg, kl, weights, divergence)) is not None]
+def build_terms(learner_cfg, kl=None, token_weights=None, divergence=None, rollout_correction=None) -> list[Term]:
+    sections = {"kl": kl, "token_weights": token_weights, "divergence": divergence,
+                "rollout_correction": rollout_correction}
+    return [t for build in LOSS_TERMS.values() if (t := build(learner_cfg, sections)) is not None]

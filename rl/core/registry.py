@@ -121,6 +121,7 @@ LOSS_AGGREGATIONS: Registry = Registry("loss aggregation", home="rl.core.losses"
 KL_ESTIMATORS: Registry = Registry("KL estimator", home="rl.core.kl")
 TOKEN_WEIGHTS: Registry = Registry("token weight", home="rl.core.token_weights")
 F_DIVERGENCES: Registry = Registry("f-divergence", home="rl.core.divergences")
+ROLLOUT_CORRECTIONS: Registry = Registry("rollout correction", home="rl.core.rollout_correction")
 # the built-in rewards (name -> callable with TRL's signature); `rewards` imports all of these
 REWARDS: Registry = Registry("reward", home=("rewards.answers", "rewards.abstention", "rewards.adaptthink",
                                              "rewards.armed", "rewards.ikea", "rewards.klcf", "rewards.knowrl"))

@@ -11,17 +11,20 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, get_scheduler
 
-from rl.config.algorithm import DivergenceConfig, KLConfig, PolicyLossConfig, TokenWeightConfig
+from rl.config.algorithm import (DivergenceConfig, KLConfig, PolicyLossConfig, RolloutCorrectionConfig,
+                                  TokenWeightConfig)
 from rl.config.learner import LearnerConfig
 from rl.core.batch import Batch
 from rl.core.entropy import quantile
 from rl.core.fused_head import fused_logprobs_entropy
 from rl.core.loss_terms import TermInputs, build_terms
+from rl.core.rollout_correction import mismatch_sums
 from rl.core.losses import POLICY_LOSSES, aggregate_loss, resolve_agg_mode
 from rl.core.packing import pack_shared_prompts
 from rl.train.distributed import all_max, all_sum, full_tensor, gather_objects, shard, split_rows, world
@@ -63,12 +66,13 @@ class Learner:
         ref_model_path: str | None = None,
         weights: TokenWeightConfig | None = None,
         divergence: DivergenceConfig | None = None,
+        correction: RolloutCorrectionConfig | None = None,
     ):
         torch.manual_seed(seed)
         self.rank, self.world = world()  # (0, 1) without a process group
         torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // self.world))
         self.cfg, self.loss_cfg = cfg, loss
-        self.terms = build_terms(cfg, kl, weights, divergence)  # None: that term is off
+        self.terms = build_terms(cfg, kl, weights, divergence, correction)  # None: that term is off
         self.entropy_grad = any(t.entropy_grad for t in self.terms)  # the loss differentiates through H
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a rank sees its GPU as cuda:0
         mixed = cfg.mixed_precision
@@ -219,6 +223,7 @@ class Learner:
         """ppo_epochs x mini_batches optimizer steps on one rollout batch; returns averaged metrics."""
         cfg = self.cfg
         on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1
+        batch = replace(batch)  # the terms fill (or narrow: a rejected token's mask) fields of this update's copy only
         for term in self.terms:  # what the loss terms read of the old and reference policies, without gradient
             term.prepare(self, batch)
         if batch.old_logprobs is None and not on_policy:
@@ -238,17 +243,9 @@ class Learner:
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
-    @staticmethod
-    def _masks(mb: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The policy-loss mask, and the mask of the rows only a loss term reads (divergence_mask: pi0's samples)."""
-        if mb.divergence_mask is None:
-            return mb.response_mask, None
-        d = mb.divergence_mask.to(mb.response_mask.dtype).unsqueeze(-1)
-        return mb.response_mask * (1 - d), mb.response_mask * d
-
     def _optimizer_step(self, mb: Batch) -> dict[str, float]:
         # normalisers of the whole optimizer step, so micro-batching leaves loss and gradient unchanged
-        rl_mask, aux_mask = self._masks(mb)
+        rl_mask, aux_mask = mb.loss_masks()
         num_tokens = float(rl_mask.sum().clamp(min=1))
         num_seqs = float(max(int((rl_mask.sum(-1) > 0).sum()), 1)) if aux_mask is not None else float(len(mb))
         num_aux_tokens = float(aux_mask.sum()) if aux_mask is not None else 0.0
@@ -260,7 +257,7 @@ class Learner:
         self._read = [0, 0]  # tokens the decoder read (padding included), and of them real tokens
         for rows, micro in self._micro(mb):
             micro = micro.to(self.device)
-            mask, aux = self._masks(micro)
+            mask, aux = micro.loss_masks()
             logp, entropy = self._forward(self.runner, micro, with_entropy=True, count=rows is not None)
             if rows is None:  # a filler (another rank has more micro-batches): FSDP's collectives, no gradient
                 (logp.sum() * 0.0 + (entropy.sum() * 0.0 if self.entropy_grad else 0.0)).backward()
@@ -284,7 +281,8 @@ class Learner:
             entropies.append(entropy.detach()[mask != 0].float().cpu())
             stats["clip_frac"] += float((out.clipped.float() * mask).sum()) / num_tokens
             stats["ratio_mean"] += float((out.ratio * mask).sum()) / num_tokens
-            stats["rollout_logp_diff"] += float(((logp.detach() - micro.rollout_logprobs).abs() * mask).sum()) / num_tokens
+            for k, v in mismatch_sums(old, micro.rollout_logprobs, mask).items():  # the sampler vs pi_old, over the loss's tokens
+                stats[f"mismatch/{k}"] += v / num_tokens
         # (a rank whose share of this mini-batch is empty ran fillers only: no entropies of its own)
         stats, all_h, read = self._over_ranks(stats, torch.cat(entropies) if entropies else torch.empty(0), self._read)
         stats["tokens_read"] = float(read[0])
@@ -353,7 +351,7 @@ class Learner:
         if self.rank == 0:
             from rollout.weight_transfer import join, leave, send
 
-            pg = join(address, port, world_size)
+            pg = join(address, port, world_size, timeout_s=timeout_s)
             try:
                 send(pg, weights, bucket_bytes)
             finally:

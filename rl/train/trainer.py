@@ -124,6 +124,7 @@ class Trainer:
             cfg.learner, policy, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl, total_steps=cfg.trainer.total_steps,
             max_response_tokens=cfg.rollout.sampling.max_tokens, seed=cfg.seed, ref_model_path=self.model_path,
             weights=cfg.algorithm.token_weights, divergence=cfg.algorithm.divergence,
+            correction=cfg.algorithm.rollout_correction,
         )
         self.fleet.wait_ready()
         self.ctx.learner = LearnerClient(self.learner)
