@@ -25,6 +25,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import sys
 import threading
@@ -375,6 +376,15 @@ class RewardOutput:
         pick = (lambda xs: xs[index]) if isinstance(index, slice) else (lambda xs: [xs[i] for i in index.tolist()])
         return RewardOutput(self.total[index], {k: v[index] for k, v in self.per_function.items()},
                             self.failed[index], [], {k: v[index] for k, v in self.extras.items()}, pick(self.info))
+
+    def state_dict(self) -> dict:
+        """Tensors and strings only (a checkpoint loads with torch.load(weights_only=True)); failures are not kept."""
+        return {"total": self.total, "per_function": self.per_function, "failed": self.failed, "extras": self.extras,
+                "info": json.dumps(self.info)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> RewardOutput:
+        return cls(state["total"], state["per_function"], state["failed"], [], state["extras"], json.loads(state["info"]))
 
 
 def _run_with_timeout(fn: Callable, timeout: float | None):

@@ -182,6 +182,9 @@ MATRIX: dict[str, tuple[str, list[str], list[str] | None, str]] = {
         "rollout.adaptive_thinking.thinking_max_tokens=12", "rollout.adaptive_thinking.nothinking_max_tokens=8",
         "rewards=[{name: adaptthink, kwargs: {r_ref_file: '{prepared}/r_ref.jsonl'}}]",
     ], ["adaptthink-prepare", "--k", "2", "--out", "{prepared}/r_ref.jsonl"], "AdaptThink's forced modes and loss"),
+    "async": ("recipes/quickstart.yaml", ["trainer.max_staleness=1"],
+              None, "asynchronous training one step stale: the next step's rollouts made during the update, saved in "
+              "the checkpoint; TIS on by default"),
 }
 
 

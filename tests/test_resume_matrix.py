@@ -54,6 +54,17 @@ EXERCISED = {
         "both modes sampled": min(_series(run, "reward/adaptthink/nothinking")) > 0
         and max(_series(run, "reward/adaptthink/nothinking")) < 1,
     },
+    "async": lambda run: {
+        "one step stale after the first": _series(run, "rollout/staleness") == [0.0] + [1.0] * (STEPS - 1),
+        "rollouts.jsonl carries the weight version": [r["weight_version"] for r in _rollouts(run)][-1] == STEPS - 2,
+        "TIS on by default": len(_series(run, "learner/rollout_correction/weight_mean")) == STEPS,
+        "the next step's rollouts made during the update": [
+            "time/ahead_generate" in json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
+            if "reward/mean" in x] == [False] + [True] * (STEPS - 1),
+        "the checkpoint holds the rollouts made ahead":
+            (run / "checkpoints" / f"step_{STEPS - 1:06d}" / "rollouts_ahead.pt").is_file()
+            and not (run / "checkpoints" / f"step_{STEPS:06d}" / "rollouts_ahead.pt").exists(),
+    },
 }
 
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rl.config.errors import ConfigError
-from rl.config.run import Config, optional_sections, validate
+from rl.config.run import Config, dependent_defaults, optional_sections, validate
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -51,6 +51,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
                 OmegaConf.update(cfg, key, {}, merge=False)
             cfg = _merge(cfg, _nest(key, value), where)
     obj: Config = _call(lambda: OmegaConf.to_object(cfg), "config", _unresolvable(cfg) or "")
+    dependent_defaults(obj)
     validate(obj)
     return obj
 

@@ -7,7 +7,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from rl.config.algorithm import AlgorithmConfig
+from rl.config.algorithm import AlgorithmConfig, RolloutCorrectionConfig
 from rl.config.data import DataConfig, DatasetConfig
 from rl.config.errors import ANY_ON_RESUME, check
 from rl.config.learner import LearnerConfig
@@ -34,6 +34,9 @@ class TrainerConfig:
     # model does
     max_bad_steps: int = field(default=3, metadata=ANY_ON_RESUME)  # stop after this many optimizer steps in a row
     # skipped for non-finite loss/gradients
+    max_staleness: int = 0  # 0: synchronous (generate, then update, then sync); 1: the engines generate step s+1's
+    # batch with the weights before step s while the learner trains on step s (asynchronous, one step stale; turns
+    # algorithm.rollout_correction on when it is not set)
 
     def check(self, key: str) -> None:
         check(self.total_steps >= 1, f"{key}.total_steps must be >= 1")
@@ -41,6 +44,8 @@ class TrainerConfig:
         check(self.eval_every >= 0 and self.save_every >= 0, f"{key}.eval_every and {key}.save_every must be >= 0")
         check(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints must be >= 1")
         check(self.max_bad_steps >= 1, f"{key}.max_bad_steps must be >= 1")
+        check(self.max_staleness in (0, 1), f"{key}.max_staleness={self.max_staleness}: 0 (synchronous) and 1 (one "
+              "step ahead) are built; deeper pipelines are not yet")
 
 
 @dataclass
@@ -84,6 +89,13 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig, metadata=ANY_ON_RESUME)
 
 
+def dependent_defaults(cfg: Config) -> None:
+    """Defaults that depend on other keys: an asynchronous loop (trainer.max_staleness >= 1) corrects the
+    rollout/learner mismatch with truncated importance sampling unless algorithm.rollout_correction is given."""
+    if cfg.trainer.max_staleness > 0 and cfg.algorithm.rollout_correction is None:
+        cfg.algorithm.rollout_correction = RolloutCorrectionConfig()
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks that types alone cannot express, each section's own then those across sections; each message
     names the key to change."""
@@ -100,6 +112,9 @@ def validate(cfg: Config) -> None:
         getattr(r, key).check(f"rollout.{key}", data.max_prompt_tokens, r.max_model_len)
     r.check_dtype("rollout")
     t.check("trainer")
+    check(t.max_staleness == 0 or r.cure is None,
+          "trainer.max_staleness=1 with rollout.cure: CURE's branching asks the learner for the entropy of the policy "
+          "that sampled, which the learner has already updated; use trainer.max_staleness=0 with CURE")
     check(r.max_engine_restarts >= 0, "rollout.max_engine_restarts must be >= 0")
     if (at := r.adaptive_thinking) is not None:
         check(r.sampling.n >= 2, "rollout.adaptive_thinking splits each group in two halves: rollout.sampling.n >= 2")

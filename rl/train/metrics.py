@@ -132,14 +132,16 @@ def rollout_metrics(groups, batch, golds: Callable[[], list] | None) -> dict[str
     return m
 
 
-def write_rollouts(path: Path, step: int, groups) -> None:
-    """Append a step's samples to rollouts.jsonl: row, completion, reward, finish reason, a CURE continuation's
+def write_rollouts(path: Path, step: int, groups, weight_version: int) -> None:
+    """Append a step's samples to rollouts.jsonl: row, completion, reward, finish reason, the weight version that
+    sampled it (optimizer steps behind those weights), a CURE continuation's
     reused prefix length, how many response tokens the environment wrote (out of the loss: retrieved passages,
     forced tags), and what the reward functions returned beside the value."""
     with open(path, "a", encoding="utf-8") as f:
         for r, samples, scores in groups:
             for s, rew, info in zip(samples, scores.total.tolist(), scores.info):
-                record = {"step": step, "row": r, "completion": s.text, "reward": rew, "finish": s.finish_reason}
+                record = {"step": step, "row": r, "completion": s.text, "reward": rew, "finish": s.finish_reason,
+                          "weight_version": weight_version}
                 if s.prefix_len:  # a CURE continuation: its first prefix_len tokens came from another sample
                     record["prefix_len"] = s.prefix_len
                 if s.loss_mask is not None and 0 in s.loss_mask:

@@ -12,6 +12,8 @@ import json
 import os
 import random
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +43,32 @@ from rl.train.run_folder import RunFolder, StopOnSignal
 from rollout.base import Sample, group_slices
 from rollout.fleet import RolloutFleet
 from rollout.strategies import make_strategy
+
+
+AHEAD_FILE = "rollouts_ahead.pt"  # in a checkpoint of an asynchronous run: the next step's batch, already made
+
+
+@dataclass
+class Rollouts:
+    """One step's scored samples: the batch the learner trains on, what to log, and what rollouts.jsonl records.
+    `weight_version`: the optimizer steps behind the weights that sampled them (step - 1 in the synchronous loop)."""
+
+    batch: Batch
+    metrics: dict[str, float]
+    groups: list  # (row, samples, RewardOutput) per kept group
+    weight_version: int
+
+    def state_dict(self) -> dict:
+        """Tensors, numbers and strings only: a checkpoint loads with torch.load(weights_only=True)."""
+        return {"batch": {f.name: getattr(self.batch, f.name) for f in fields(Batch)}, "metrics": self.metrics,
+                "weight_version": self.weight_version,
+                "groups": [(r, [asdict(x) for x in samples], scores.state_dict()) for r, samples, scores in self.groups]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Rollouts:
+        groups = [(r, [Sample(**x) for x in samples], RewardOutput.from_state_dict(scores))
+                  for r, samples, scores in state["groups"]]
+        return cls(Batch(**state["batch"]), state["metrics"], groups, state["weight_version"])
 
 
 class Trainer:
@@ -74,6 +102,8 @@ class Trainer:
                                      entropy=lambda samples: self.ctx.learner.entropy(samples, self.pad_id))
         self.sampler = PromptSampler(len(self.train_rows), cfg.data.seed, cfg.data.shuffle)
         self.step, self.bad_steps, self.start_results, self._last_failure = 0, 0, None, ""
+        self.ahead: Rollouts | None = None  # trainer.max_staleness=1: the next step's rollouts, made during this one
+        self.weight_version = 0  # the optimizer steps behind the weights the engines hold
         if self.resume_from is not None:
             self._restore(load_trainer_state(self.resume_from))
         self.folder.check_disk(self.model_path)
@@ -110,6 +140,9 @@ class Trainer:
                 m.load_state_dict(state[m.name])
         self.rewards.load_state_dict(state.get("rewards") or {})
         self.start_results = state.get("start_results")
+        self.weight_version = self.step
+        if (self.resume_from / AHEAD_FILE).is_file():
+            self.ahead = Rollouts.from_state_dict(torch.load(self.resume_from / AHEAD_FILE, weights_only=True))
 
     def _start_cluster(self) -> None:
         cfg = self.cfg
@@ -144,6 +177,8 @@ class Trainer:
         else:
             ref = self.learner.export_weights(self.cfg.rollout.dtype)
             ray.get([e.update_weights.remote(ref) for e in engines])
+        if engines is None:
+            self.weight_version = version
 
     # -- one step, as the algorithm reads ---------------------------------------------------------------------
     def train(self) -> dict:
@@ -161,9 +196,13 @@ class Trainer:
             results["start"] = self.start_results
         stop = StopOnSignal()  # SIGTERM (pre-emption): finish the step, checkpoint, exit
         progress = Progress(t.total_steps, initial=self.step, enabled=cfg.logging.progress)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="rollouts-ahead") if t.max_staleness else None
         for step in range(self.step + 1, t.total_steps + 1):
             timer = StepTimer()
-            batch, metrics = self.collect_rollouts(step, timer)  # generate + score (+ groups the methods drop)
+            rollouts = self.ahead or self.collect_rollouts(step, timer)  # generate + score (+ groups methods drop)
+            self.ahead, batch, metrics = None, rollouts.batch, rollouts.metrics
+            metrics["rollout/staleness"] = float(step - 1 - rollouts.weight_version)
+            write_rollouts(self.run_dir / "rollouts.jsonl", step, rollouts.groups, rollouts.weight_version)
             with timer("advantage"):
                 metrics |= self.compute_advantages(batch)
             for m in self.methods.having("shape_advantages"):
@@ -172,9 +211,15 @@ class Trainer:
             for m in self.methods.having("extra_rows"):  # rows for a method's own loss term only
                 extra = m.extra_rows(step)
                 batch = Batch.concat([batch, extra]) if extra is not None else batch
+            # asynchronous: the engines make step+1's rollouts with the weights before this update (on a thread
+            # of its own, which only generates and scores) while the learner trains on this step
+            ahead = pool.submit(self._collect_ahead, step + 1) if pool and step < t.total_steps else None
             kill_point("learn", step)
             with timer("learn"):
                 metrics |= {f"learner/{k}": v for k, v in self.learner.run("update", batch).items()}
+            if ahead is not None:  # (before the sync: the engines change weights only between two steps' rollouts)
+                with timer("wait_rollouts"):
+                    self.ahead = ahead.result()
             self._check_update(step, metrics)
             with timer("sync"):
                 self._sync_weights(version=step)
@@ -192,6 +237,8 @@ class Trainer:
                       "command again to resume.", file=sys.stderr, flush=True)
                 raise SystemExit(143)
         progress.close()
+        if pool is not None:
+            pool.shutdown()
         stop.restore()
         kill_point("evaluate_end", t.total_steps)
         results["end"] = self.evaluate(step=t.total_steps)
@@ -219,11 +266,20 @@ class Trainer:
     def resume_hint(self) -> str:
         return self.folder.resume_hint()
 
-    def collect_rollouts(self, step: int, timer: StepTimer) -> tuple[Batch, dict]:
+    def _collect_ahead(self, step: int) -> Rollouts:
+        """collect_rollouts on the background thread; its phases are logged as time/ahead_<phase> (hidden behind
+        the learner's update, unlike the time/<phase> of the step's own)."""
+        timer = StepTimer()
+        rollouts = self.collect_rollouts(step, timer)
+        rollouts.metrics |= {f"time/ahead_{k}": v for k, v in timer.phases.items()}
+        return rollouts
+
+    def collect_rollouts(self, step: int, timer: StepTimer) -> Rollouts:
         """Sample prompts, generate n responses each (the rollout strategy), score them; a method's keep_group may
         drop groups (DAPO: all rewards equal), and more prompts are sampled until the step is full or its rounds end."""
         cfg, want = self.cfg, self.cfg.trainer.prompts_per_step
         keepers = self.methods.having("keep_group")
+        version = self.weight_version  # (the engines change weights only after this returns)
         groups: list[tuple[int, list[Sample], RewardOutput]] = []  # (row, its samples, their rewards)
         tries, skipped, generated_count = 0, 0, 0
         self.rollout.stats.clear()
@@ -271,8 +327,7 @@ class Trainer:
         metrics |= {k: float(np.mean(v)) if v else 0.0 for k, v in self.rollout.stats.items()}
         metrics["dynamic_sampling/tries"] = float(tries)
         metrics["reward/skipped_samples"] = float(skipped)
-        write_rollouts(self.run_dir / "rollouts.jsonl", step, groups)
-        return batch, metrics
+        return Rollouts(batch, metrics, groups, version)
 
     def score(self, step: int, rows: list[int], generated: list[list[Sample]]) -> Callable[[], list[RewardOutput]]:
         """Starts every reward function on the samples of these groups, in the background; the returned function
@@ -339,6 +394,8 @@ class Trainer:
         def write(folder: Path) -> None:
             self.learner.run("save", str(folder))
             self.tokenizer.save_pretrained(folder / "model")
+            if self.ahead is not None:  # made from weights this checkpoint does not hold: saved, not regenerated
+                torch.save(self.ahead.state_dict(), folder / AHEAD_FILE)
 
         return save_checkpoint(self.run_dir / "checkpoints", step, write, state, to_yaml(self.cfg),
                                self.cfg.trainer.keep_checkpoints)

@@ -1,0 +1,53 @@
+"""Asynchronous training (trainer.max_staleness=1) on the real stack: step s+1's rollouts are sampled by the weights
+before step s's update, while the learner trains. (Exact resume of such a run: tests/test_resume_matrix.py, case
+`async`.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rl.config import ConfigError, load_config
+from tests.resume_harness import run_training, tiny_overrides, train_steps
+
+
+def _completions(run: Path) -> dict[int, list[tuple[int, str]]]:
+    out: dict[int, list[tuple[int, str]]] = {}
+    for line in (run / "rollouts.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out.setdefault(r["step"], []).append((r["row"], r["completion"]))
+    return out
+
+
+def test_async_turns_tis_on_unless_given_and_refuses_what_it_cannot_do():
+    assert load_config("recipes/quickstart.yaml").algorithm.rollout_correction is None
+    on = load_config("recipes/quickstart.yaml", ["trainer.max_staleness=1"]).algorithm.rollout_correction
+    assert (on.name, on.cap) == ("tis", 2.0)
+    given = load_config("recipes/quickstart.yaml", ["trainer.max_staleness=1", "algorithm.rollout_correction.name=icepop",
+                                                    "algorithm.rollout_correction.low=0.5"])
+    assert given.algorithm.rollout_correction.name == "icepop"
+    with pytest.raises(ConfigError, match=r"trainer.max_staleness=2: 0 \(synchronous\) and 1"):
+        load_config("recipes/quickstart.yaml", ["trainer.max_staleness=2"])
+    with pytest.raises(ConfigError, match="max_staleness=1 with rollout.cure"):
+        load_config("recipes/quickstart.yaml", ["trainer.max_staleness=1", "rollout.cure.branches=1"])
+
+
+@pytest.mark.integration
+def test_the_next_steps_rollouts_come_from_the_weights_before_the_update(tiny_model_path, tmp_path):
+    log = tmp_path / "log.txt"
+    # frozen: synchronous, w_0 at every step (an update of lr 1e-30 rounds away in float32)
+    runs = {"async": ["trainer.max_staleness=1"], "frozen": ["learner.optim.lr=1e-30"]}
+    for name, extra in runs.items():
+        args = tiny_overrides(tiny_model_path, tmp_path / name, steps=3) + ["trainer.save_every=0"] + extra
+        assert run_training(args, log=log) == 0, log.read_text()[-3000:]
+    a, frozen = _completions(tmp_path / "async"), _completions(tmp_path / "frozen")
+    # step 2 was sampled during step 1's update, by w_0: what the frozen run (synchronous, w_0 throughout) sampled
+    assert a[1] == frozen[1] and a[2] == frozen[2]
+    assert a[3] != frozen[3]  # step 3 by w_1: the weights were synced after step 1's update
+    steps = [r for r in train_steps(tmp_path / "async") if "reward/mean" in r]
+    assert [r["rollout/staleness"] for r in steps] == [0.0, 1.0, 1.0]
+    assert all(r["learner/rollout_correction/weight_mean"] > 0 for r in steps)
+    versions = [json.loads(x)["weight_version"] for x in (tmp_path / "async" / "rollouts.jsonl").read_text().splitlines()]
+    assert sorted(set(versions)) == [0, 1] and versions[-1] == 1
