@@ -3,7 +3,7 @@
 A 1-rank learner with SmolLM2-135M-Instruct (the quickstart's model) and, one at a time, a fleet of one engine per
 path: `object_store` (the in-process engine core, reload_weights through collective_rpc) and `transfer` (the engine
 core in a process of its own, as on a GPU; gloo broadcast of byte buckets). Each sync is timed from the driver as
-the trainer calls it (Trainer._sync_weights); the first of each path is a warm-up and is reported apart.
+the trainer calls it (RolloutFleet.sync_weights); the first of each path is a warm-up and is reported apart.
 
     .venv/bin/python benchmarks/weight_sync.py --syncs 6 --out benchmarks/results/weight_sync.md
 """
@@ -40,10 +40,7 @@ def time_path(path: str, learner: LearnerGroup, model: str, dtype: str, syncs: i
         seconds = []
         for i in range(syncs):
             t0 = time.perf_counter()
-            if path == "transfer":
-                fleet.transfer_weights(learner, version=str(i))
-            else:
-                fleet.update_weights(learner.export_weights(dtype))
+            fleet.sync_weights(learner, version=str(i))
             seconds.append(time.perf_counter() - t0)
         # the synced engine still answers (the weights loaded are usable)
         fleet.generate([[1, 504, 3458, 314]], SamplingConfig(n=1, temperature=0.0, max_tokens=4), seeds=[0])

@@ -159,6 +159,17 @@ class RolloutFleet:
             state_dict_ref = ray.put(state_dict_ref)
         self._on_all("update_weights", [(state_dict_ref,)] * len(self.actors))
 
+    def sync_weights(self, learner, version: str, actors: list | None = None) -> None:
+        """The learner's weights (after step `version`) into every engine, or into `actors` (replacements), as
+        rollout.weight_sync says. `learner`: rl.train.learner_group.LearnerGroup."""
+        if self.cfg.weight_sync == "transfer":
+            self.transfer_weights(learner, version, actors)
+        elif actors is None:
+            self.update_weights(learner.export_weights(self.cfg.dtype))
+        else:
+            ref = learner.export_weights(self.cfg.dtype)
+            ray.get([e.update_weights.remote(ref) for e in actors])
+
     def transfer_weights(self, learner, version: str, actors: list | None = None) -> None:
         """The learner's weights into the engines (all, or `actors`) through vLLM's weight-transfer API: one gloo
         group of the learner's rank 0 and the engines for this sync (rollout/weight_transfer.py), so a replaced

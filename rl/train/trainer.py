@@ -103,7 +103,6 @@ class Trainer:
         self.sampler = PromptSampler(len(self.train_rows), cfg.data.seed, cfg.data.shuffle)
         self.step, self.bad_steps, self.start_results, self._last_failure = 0, 0, None, ""
         self.ahead: Rollouts | None = None  # trainer.max_staleness=1: the next step's rollouts, made during this one
-        self.weight_version = 0  # the optimizer steps behind the weights the engines hold
         if self.resume_from is not None:
             self._restore(load_trainer_state(self.resume_from))
         self.folder.check_disk(self.model_path)
@@ -140,7 +139,6 @@ class Trainer:
                 m.load_state_dict(state[m.name])
         self.rewards.load_state_dict(state.get("rewards") or {})
         self.start_results = state.get("start_results")
-        self.weight_version = self.step
         if (self.resume_from / AHEAD_FILE).is_file():
             self.ahead = Rollouts.from_state_dict(torch.load(self.resume_from / AHEAD_FILE, weights_only=True))
 
@@ -162,23 +160,10 @@ class Trainer:
         self.fleet.wait_ready()
         self.ctx.learner = LearnerClient(self.learner)
         # a replaced engine loads the learner's current weights
-        self.fleet.weights_source = lambda engines: self._sync_weights(self.step, engines)
+        self.fleet.weights_source = lambda engines: self.fleet.sync_weights(self.learner, str(self.step), engines)
         if self.resume_from is not None:
             self.learner.run("load_state", str(self.resume_from))
-            self._sync_weights(version=self.step)
-
-    def _sync_weights(self, version: int, engines: list | None = None) -> None:
-        """The learner's weights (after step `version`) into every engine, or into `engines` (replacements), as
-        rollout.weight_sync says."""
-        if self.cfg.rollout.weight_sync == "transfer":
-            self.fleet.transfer_weights(self.learner, version=str(version), actors=engines)
-        elif engines is None:
-            self.fleet.update_weights(self.learner.export_weights(self.cfg.rollout.dtype))
-        else:
-            ref = self.learner.export_weights(self.cfg.rollout.dtype)
-            ray.get([e.update_weights.remote(ref) for e in engines])
-        if engines is None:
-            self.weight_version = version
+            self.fleet.sync_weights(self.learner, version=str(self.step))
 
     # -- one step, as the algorithm reads ---------------------------------------------------------------------
     def train(self) -> dict:
@@ -222,7 +207,7 @@ class Trainer:
                     self.ahead = ahead.result()
             self._check_update(step, metrics)
             with timer("sync"):
-                self._sync_weights(version=step)
+                self.fleet.sync_weights(self.learner, version=str(step))
             metrics |= timer.split()
             metrics["rollout/engine_restarts"] = float(self.fleet.restarts)
             self.step = step
@@ -279,7 +264,8 @@ class Trainer:
         drop groups (DAPO: all rewards equal), and more prompts are sampled until the step is full or its rounds end."""
         cfg, want = self.cfg, self.cfg.trainer.prompts_per_step
         keepers = self.methods.having("keep_group")
-        version = self.weight_version  # (the engines change weights only after this returns)
+        version = self.step  # the engines hold the weights after step self.step (self.step and the engines' weights
+        # change only after this returns, also when it runs ahead on its thread)
         groups: list[tuple[int, list[Sample], RewardOutput]] = []  # (row, its samples, their rewards)
         tries, skipped, generated_count = 0, 0, 0
         self.rollout.stats.clear()
