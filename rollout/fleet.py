@@ -84,6 +84,8 @@ class RolloutFleet:
         # replacement engine gets; None: the replacement keeps the weights of model_path
         self.weights_source: Callable[[list], None] | None = None
         self.restarts = 0  # engines replaced so far in this run
+        self.closed = False  # shutdown() began: a death is no longer replaced
+        self._restarts_this_call = 0  # incidents in the current call (generate or sync), bounded
         self.actors = [self._start() for _ in range(cfg.num_engines)]
         if wait:
             self.wait_ready()
@@ -95,21 +97,29 @@ class RolloutFleet:
     def _start(self):
         return RolloutActor.options(**self.options).remote(self.cfg.engine, self.model_path, self.kwargs)
 
-    def _replace(self, i: int, error: Exception) -> None:
-        """Engine i is gone (or its state unknown): a new one in its place, loaded with the current weights."""
+    def _replace(self, indices: list[int], error: Exception, load: bool = True) -> list:
+        """Engines `indices` are gone (or their state unknown): new ones in their place, started together; one
+        incident toward rollout.max_engine_restarts however many engines it takes (one death that breaks a weight
+        broadcast takes every engine that was mid-load). load: the replacements get the current weights
+        (weights_source); else the caller loads them. Returns the replacements."""
+        if self.closed:
+            raise RuntimeError(f"rollout engine {indices} died while the fleet shuts down: {error}") from error
         if self._restarts_this_call >= self.cfg.max_engine_restarts:
             raise RuntimeError(
-                f"rollout engine {i} died and {self._restarts_this_call} replacements in this call died too "
+                f"rollout engine {indices} died and {self._restarts_this_call} replacements in this call died too "
                 f"(rollout.max_engine_restarts={self.cfg.max_engine_restarts}); last error: {error}"
             ) from error
         self._restarts_this_call += 1
-        self.restarts += 1
-        print(f"[rollout] engine {i} died ({type(error).__name__}); starting a replacement", flush=True)
-        ray.kill(self.actors[i], no_restart=True)
-        self.actors[i] = self._start()
-        ray.get(self.actors[i].ready.remote())
-        if self.weights_source is not None:  # (a failed load replaces self.actors[i] again, within the bound)
-            self.weights_source([self.actors[i]])
+        self.restarts += len(indices)
+        for i in indices:
+            print(f"[rollout] engine {i} died ({type(error).__name__}); starting a replacement", flush=True)
+            ray.kill(self.actors[i], no_restart=True)
+            self.actors[i] = self._start()
+        new = [self.actors[i] for i in indices]
+        ray.get([a.ready.remote() for a in new])
+        if load and self.weights_source is not None:  # (a failed load replaces them again, within the bound)
+            self.weights_source(new)
+        return new
 
     def _on_all(self, method: str, shards: list[tuple], on_result: Callable[[int, object], None] | None = None) -> list:
         """actor i runs `method(*shards[i])` (None: nothing for it); dead engines are replaced and their shard redone.
@@ -123,7 +133,7 @@ class RolloutFleet:
             try:
                 results[i] = ray.get(done)
             except ray.exceptions.RayActorError as e:
-                self._replace(i, e)
+                self._replace([i], e)
                 futures[i] = getattr(self.actors[i], method).remote(*shards[i])
                 continue
             del futures[i]
@@ -175,19 +185,20 @@ class RolloutFleet:
         group of the learner's rank 0 and the engines for this sync (rollout/weight_transfer.py), so a replaced
         engine needs nothing special. `learner`: rl.train.learner_group.LearnerGroup.
 
-        An engine found dead before the group forms is left out and replaced (the replacement is loaded on its own);
-        one that dies during the sync breaks the broadcast for the others: every engine whose receive failed is
-        replaced and loaded again, within rollout.max_engine_restarts. A learner failure with every engine well is
-        the learner's own and is raised."""
+        Failures, by who failed:
+        - an engine found dead before the group forms: replaced first, and the replacement joins the group;
+        - an engine that dies during the sync (its actor is gone; one that was mid-load exits on purpose, its
+          weights half new) is replaced, and the replacements are loaded in a group of their own; a death breaks
+          the broadcast for the others, and those still alive (their receive gave up before loading anything: the
+          group never formed) are loaded again with them, not replaced;
+        - the learner's failure with no engine dead is the learner's own, and is raised (so is the learner's death).
+        """
         if actors is None:  # a sync of the whole fleet (not a replacement's load)
             self._restarts_this_call = 0
             dead = self._dead()
-            for i in dead:
-                self._replace(i, RuntimeError("found dead before the weight sync"))
-            loaded = dead if self.weights_source is not None else []  # (the replacements got the weights)
-            actors = [a for i, a in enumerate(self.actors) if i not in loaded]
-            if not actors:
-                return
+            if dead:
+                self._replace(dead, RuntimeError("found dead before the weight sync"), load=False)
+            actors = list(self.actors)
         address, port = learner.endpoint()
         world = 1 + len(actors)
         meta = learner.weight_metadata(self.cfg.dtype) | {"bucket_bytes": self.cfg.weight_bucket_mib << 20}
@@ -196,21 +207,30 @@ class RolloutFleet:
                                                    world_size=world, timeout_s=timeout), meta, version)
                      for i, a in enumerate(actors)]
         sending = learner.broadcast(address, port, world, self.cfg.dtype, meta["bucket_bytes"], timeout)
-        failed = []
+        died, unloaded = [], []  # (actor, error): its actor is gone / it lives, its receive raised
         for actor, ref in zip(actors, receiving):
             try:
                 ray.get(ref)
-            except ray.exceptions.RayError as e:  # died (RayActorError), or its sync raised: its weights are unknown
-                failed.append((actor, e))
+            except ray.exceptions.RayActorError as e:
+                died.append((actor, e))
+            except ray.exceptions.RayError as e:
+                unloaded.append((actor, e))
         try:
             ray.get(sending)
-        except ray.exceptions.RayError:
-            if not failed:
+            broken = False
+        except ray.exceptions.RayError as e:
+            if isinstance(e, ray.exceptions.RayActorError) or not died:
                 raise
-        for actor, error in failed:
-            i = next((i for i, a in enumerate(self.actors) if a is actor), None)
-            if i is not None:  # (None: replaced meanwhile)
-                self._replace(i, error)
+            broken = True  # (by the engines that died)
+        if broken:
+            again = [a for a, _ in unloaded]  # alive with their old weights: loaded again
+        else:  # the learner's broadcast completed, yet these engines raised: their weights are unknown
+            again, died = [], died + unloaded
+        indices = [i for i, a in enumerate(self.actors) if any(a is d for d, _ in died)]  # (not replaced meanwhile)
+        new = self._replace(indices, died[0][1], load=False) if indices else []
+        again = [a for a in again if any(a is b for b in self.actors)]
+        if new or again:
+            self.transfer_weights(learner, version, new + again)
 
     def _dead(self) -> list[int]:
         """The engines that do not answer (their actor has died)."""
@@ -224,6 +244,7 @@ class RolloutFleet:
         return dead
 
     def shutdown(self) -> None:
+        self.closed = True  # (a collect still running on another thread then ends with an error, not a new engine)
         for a in self.actors:
             ray.kill(a)
         self.actors = []

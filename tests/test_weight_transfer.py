@@ -6,6 +6,8 @@ object store samples, and not what they sampled before."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import ray
 
@@ -66,12 +68,14 @@ def each_engine(fleet: RolloutFleet) -> list[list[list[int]]]:
 
 
 def test_an_engine_that_dies_around_a_sync_is_replaced_with_the_new_weights(ray_cluster, tiny_model_path):
-    """Engine 0 found dead before a sync: it is left out of the group and its replacement loaded on its own. Engine 1
-    dying after that check, before the group forms: the rendezvous gives up after weight_transfer_timeout_s, and every
-    engine whose receive failed is replaced and loaded. Either way every engine then samples alike, and not as before
-    the sync (the test above holds the transfer equal to the object store)."""
+    """Engine 0 found dead before a sync: it is replaced and its replacement joins the group. Engine 1 dying after
+    that check, before the group forms: the rendezvous gives up after weight_transfer_timeout_s; engine 1 is
+    replaced, and engine 0, alive with its old weights, is loaded again, not replaced. Either way every engine then
+    samples alike, and not as before the sync (the test above holds the transfer equal to the object store). A
+    learner that fails on its own (its port taken) with every engine well: its error is raised, nothing is
+    replaced, and the next sync works."""
     cfg = LearnerConfig(num_threads=1, micro_batch_size=2, num_cpus=0.25, optim=OptimConfig(lr=1e-2))
-    learner = LearnerGroup(cfg, tiny_model_path, cfg, PolicyLossConfig(), None, total_steps=2, max_response_tokens=8)
+    learner = LearnerGroup(cfg, tiny_model_path, cfg, PolicyLossConfig(), None, total_steps=3, max_response_tokens=8)
     fleet = RolloutFleet(RolloutConfig(num_engines=2, weight_sync="transfer", weight_transfer_timeout_s=120,
                                        dtype="float32", max_model_len=256, kv_cache_gib=1, num_cpus_per_engine=0.25),
                          tiny_model_path)
@@ -89,7 +93,7 @@ def test_an_engine_that_dies_around_a_sync_is_replaced_with_the_new_weights(ray_
 
         learner.run("update", make_batch(seed=2))
         version["now"] = "2"
-        check = fleet._dead
+        check, survivor = fleet._dead, fleet.actors[0]
 
         def dies_after_the_check():  # the engine is alive when pinged, dead when the group forms
             dead = check()
@@ -101,9 +105,24 @@ def test_an_engine_that_dies_around_a_sync_is_replaced_with_the_new_weights(ray_
         fleet.cfg.weight_transfer_timeout_s = 10
         fleet.transfer_weights(learner, "2")
         fleet._dead = check
-        assert fleet.restarts == 3  # engine 1, and engine 0 whose receive timed out with the broken group
+        assert fleet.restarts == 2  # engine 1 only
+        assert fleet.actors[0] is survivor  # loaded again in a group of its own, with engine 1's replacement
         now = each_engine(fleet)
         assert now[0] == now[1] and now[0] not in (before, first)
+
+        learner.run("update", make_batch(seed=3))
+        endpoint = learner.endpoint
+        with socket.socket() as taken:  # bound, not listening: the learner cannot host the group's store there
+            taken.bind(("", 0))
+            learner.endpoint = lambda: (endpoint()[0], taken.getsockname()[1])
+            with pytest.raises(ray.exceptions.RayTaskError):
+                fleet.transfer_weights(learner, "3")
+            learner.endpoint = endpoint
+        assert fleet.restarts == 2 and fleet.actors[0] is survivor
+        fleet.cfg.weight_transfer_timeout_s = 120
+        fleet.transfer_weights(learner, "3")
+        later = each_engine(fleet)
+        assert later[0] == later[1] and later[0] != now[0]
     finally:
         fleet.shutdown()
         learner.shutdown()
