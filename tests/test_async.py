@@ -11,6 +11,7 @@ import pytest
 
 from rl.config import ConfigError, load_config
 from tests.resume_harness import run_training, tiny_overrides, train_steps
+from tests.test_faults import TINY_RUN
 
 
 def _completions(run: Path) -> dict[int, list[tuple[int, str]]]:
@@ -51,3 +52,47 @@ def test_the_next_steps_rollouts_come_from_the_weights_before_the_update(tiny_mo
     assert all(r["learner/rollout_correction/weight_mean"] > 0 for r in steps)
     versions = [json.loads(x)["weight_version"] for x in (tmp_path / "async" / "rollouts.jsonl").read_text().splitlines()]
     assert sorted(set(versions)) == [0, 1] and versions[-1] == 1
+
+
+@pytest.mark.integration
+def test_an_engine_lost_ahead_drops_those_rollouts_and_a_failure_ahead_keeps_the_step(
+        ray_cluster, tiny_model_path, tmp_path, monkeypatch, capsys):
+    """While step 2's rollouts are made ahead (during step 1's update) an engine dies: its replacement cannot get
+    the weights its peers sample with, so those rollouts are dropped and step 2 is collected after the sync
+    (staleness 0). Making step 4's ahead fails: step 3 is still logged and checkpointed, then the error is raised,
+    and the same command resumes at step 4 (collected after the sync: the checkpoint holds no rollouts ahead)."""
+    from rewards import RewardError
+    from rl.cli import main
+    from rl.train.trainer import Trainer
+
+    argv = ["train", "recipes/quickstart.yaml", f"model.path={tiny_model_path}", f"output_dir={tmp_path}/run",
+            *TINY_RUN, "trainer.total_steps=4", "trainer.save_every=1", "trainer.max_staleness=1",
+            "rollout.num_engines=2"]
+    collect = Trainer._collect_ahead
+
+    def faulty(self, step):
+        if step == 2:
+            ray_cluster.kill(self.fleet.actors[1], no_restart=True)
+        if step == 4:
+            raise RewardError("the reward service is down")
+        return collect(self, step)
+
+    monkeypatch.setattr(Trainer, "_collect_ahead", faulty)
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert "replaced while step 2's rollouts were made ahead" in err and "the reward service is down" in err
+    run = tmp_path / "run"
+    logged = [r for r in train_steps(run) if "reward/mean" in r]
+    assert [r["rollout/staleness"] for r in logged] == [0.0, 0.0, 1.0]
+    assert [r["rollout/engine_restarts"] for r in logged] == [1.0, 1.0, 1.0]  # (logged after the wait)
+    assert (run / "checkpoints" / "step_000003").is_dir()
+    assert not (run / "checkpoints" / "step_000003" / "rollouts_ahead.pt").exists()
+
+    monkeypatch.undo()
+    main(argv)  # resumes after step 3
+    logged = [r for r in train_steps(run) if "reward/mean" in r]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+    assert logged[-1]["rollout/staleness"] == 0.0
+    versions = [json.loads(x)["weight_version"] for x in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert sorted(set(versions)) == [0, 1, 3]  # steps 1, 2 by w_0 and w_1 (2 after the sync), 3 by w_1, 4 by w_3

@@ -52,10 +52,15 @@ def test_icepop_rejects_tokens_outside_the_band_and_keeps_the_ratio_of_the_other
 
 
 def test_equal_log_probs_weigh_one_and_show_no_mismatch():
-    for name in ("tis", "seq_tis", "mis", "icepop"):
+    for name in ("tis", "seq_tis", "mis", "icepop", "none"):
         c = rollout_correction(OLD, OLD, MASK, name, cap=2.0)
         assert torch.equal(c.weights, MASK) and bool((c.keep == 1).all()), name
     assert mismatch_sums(OLD, OLD, MASK) == {"abs_log_ratio": 0.0, "kl": 0.0}
+
+
+def test_none_weighs_every_loss_token_one_whatever_the_mismatch():
+    c = rollout_correction(OLD, ROLLOUT, MASK, "none", cap=2.0)
+    assert torch.equal(c.weights, MASK) and bool((c.keep == 1).all()) and not c.truncated.any()
 
 
 def test_mismatch_sums():

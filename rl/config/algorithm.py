@@ -76,7 +76,7 @@ class RolloutCorrectionConfig:
     """Importance weights (and rejection) for the sampler/learner mismatch, rho_t = pi_old(y_t) / mu(y_t)
     (rl/core/rollout_correction.py). The mismatch itself is logged every step whether or not this is on."""
 
-    name: str = "tis"  # tis | seq_tis (truncate) | mis (reject rows) | icepop (reject tokens)
+    name: str = "tis"  # tis | seq_tis (truncate) | mis (reject rows) | icepop (reject tokens) | none (w = 1)
     cap: float = 2.0  # C: tis/seq_tis truncate the weight at C; mis/icepop reject ratios above C (IcePop: 5)
     low: float = 0.0  # mis/icepop reject ratios below this (IcePop: 0.5); 0 rejects none from below
 

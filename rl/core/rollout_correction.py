@@ -75,6 +75,12 @@ def _truncate(x: Tensor, mask: Tensor, cap: float) -> Correction:
     return Correction(torch.exp(x.clamp(max=limit)) * mask, torch.ones_like(mask), (x > limit).to(mask.dtype) * mask)
 
 
+@ROLLOUT_CORRECTIONS.register("none")
+def none(x: Tensor, mask: Tensor, cap: float, low: float) -> Correction:
+    """w_t = 1: no correction (the mismatch is still logged); how an asynchronous run turns TIS off."""
+    return Correction(mask.clone(), torch.ones_like(mask), torch.zeros_like(mask))
+
+
 @ROLLOUT_CORRECTIONS.register("tis")
 def tis(x: Tensor, mask: Tensor, cap: float, low: float) -> Correction:
     """w_t = min(rho_t, C); nothing rejected (`low` is not used)."""

@@ -8,6 +8,8 @@ holds the gathered weights.
 
 from __future__ import annotations
 
+import threading
+
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -73,6 +75,7 @@ class LearnerGroup:
             self.shutdown()
             raise
         self._pending: list = []  # the other ranks' part of the last export (they return None)
+        self._lock = threading.Lock()
 
     def _start(self, cfg, n: int, gpus: float, *args, **kwargs) -> None:
         self.actors = [
@@ -86,11 +89,13 @@ class LearnerGroup:
         ray.get([a.start.remote(i, n, address, port, *args, **kwargs) for i, a in enumerate(self.actors)])
 
     def submit(self, method: str, *args, **kwargs) -> list["ray.ObjectRef"]:
-        """The call on every rank, in the same order on each (their collectives pair up); one ObjectRef per rank."""
+        """The call on every rank, in the same order on each (their collectives pair up); one ObjectRef per rank.
+        Thread-safe: two threads' calls reach every rank in one order."""
         args = tuple(ray.put(a) if _large(a) else a for a in args)
-        self._pending, pending = [], self._pending
-        ray.get(pending)  # a failed rank's error is raised here, not lost
-        return [a.call.remote(method, *args, **kwargs) for a in self.actors]
+        with self._lock:
+            self._pending, pending = [], self._pending
+            ray.get(pending)  # a failed rank's error is raised here, not lost
+            return [a.call.remote(method, *args, **kwargs) for a in self.actors]
 
     def run(self, method: str, *args, **kwargs):
         """Rank 0's answer to the call on every rank, waited for."""
@@ -99,7 +104,8 @@ class LearnerGroup:
     def export_weights(self, dtype: str | None) -> "ray.ObjectRef":
         """An ObjectRef of the whole state dict (from rank 0), for the engines to pull."""
         refs = self.submit("export_weights", dtype)
-        self._pending = refs[1:]
+        with self._lock:
+            self._pending += refs[1:]
         return refs[0]
 
     def endpoint(self) -> tuple[str, int]:

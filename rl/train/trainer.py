@@ -12,6 +12,7 @@ import json
 import os
 import random
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -46,6 +47,12 @@ from rollout.strategies import make_strategy
 
 
 AHEAD_FILE = "rollouts_ahead.pt"  # in a checkpoint of an asynchronous run: the next step's batch, already made
+
+
+class ReplacedAhead(Exception):
+    """An engine was replaced while the next step's rollouts were made ahead: the learner is mid-update, so the
+    replacement cannot get the weights its peers sample with; those rollouts are dropped and the step is collected
+    after the sync (with the new weights, staleness 0)."""
 
 
 @dataclass
@@ -103,6 +110,8 @@ class Trainer:
         self.sampler = PromptSampler(len(self.train_rows), cfg.data.seed, cfg.data.shuffle)
         self.step, self.bad_steps, self.start_results, self._last_failure = 0, 0, None, ""
         self.ahead: Rollouts | None = None  # trainer.max_staleness=1: the next step's rollouts, made during this one
+        self.pool: ThreadPoolExecutor | None = None  # ... on this thread
+        self._ahead_thread: int | None = None
         if self.resume_from is not None:
             self._restore(load_trainer_state(self.resume_from))
         self.folder.check_disk(self.model_path)
@@ -159,11 +168,18 @@ class Trainer:
         )
         self.fleet.wait_ready()
         self.ctx.learner = LearnerClient(self.learner)
-        # a replaced engine loads the learner's current weights
-        self.fleet.weights_source = lambda engines: self.fleet.sync_weights(self.learner, str(self.step), engines)
+        self.fleet.weights_source = self._load_replacements
         if self.resume_from is not None:
             self.learner.run("load_state", str(self.resume_from))
             self.fleet.sync_weights(self.learner, version=str(self.step))
+
+    def _load_replacements(self, engines: list) -> None:
+        """A replaced engine loads the learner's current weights, which are those its peers sample with, except
+        while rollouts are made ahead (the learner is mid-update): then those rollouts are dropped."""
+        if threading.get_ident() == self._ahead_thread:
+            raise ReplacedAhead(f"{len(engines)} engine(s) replaced while step {self.step + 2}'s rollouts were made "
+                                "ahead; collecting them after the sync instead")
+        self.fleet.sync_weights(self.learner, str(self.step), engines)
 
     # -- one step, as the algorithm reads ---------------------------------------------------------------------
     def train(self) -> dict:
@@ -181,7 +197,7 @@ class Trainer:
             results["start"] = self.start_results
         stop = StopOnSignal()  # SIGTERM (pre-emption): finish the step, checkpoint, exit
         progress = Progress(t.total_steps, initial=self.step, enabled=cfg.logging.progress)
-        pool = ThreadPoolExecutor(1, thread_name_prefix="rollouts-ahead") if t.max_staleness else None
+        self.pool = pool = ThreadPoolExecutor(1, thread_name_prefix="rollouts-ahead") if t.max_staleness else None
         for step in range(self.step + 1, t.total_steps + 1):
             timer = StepTimer()
             rollouts = self.ahead or self.collect_rollouts(step, timer)  # generate + score (+ groups methods drop)
@@ -202,9 +218,14 @@ class Trainer:
             kill_point("learn", step)
             with timer("learn"):
                 metrics |= {f"learner/{k}": v for k, v in self.learner.run("update", batch).items()}
+            failed_ahead = None  # (raised once this step is logged and checkpointed: it is not lost with it)
             if ahead is not None:  # (before the sync: the engines change weights only between two steps' rollouts)
                 with timer("wait_rollouts"):
-                    self.ahead = ahead.result()
+                    failed_ahead = ahead.exception()
+                self.ahead = ahead.result() if failed_ahead is None else None
+                if isinstance(failed_ahead, ReplacedAhead):
+                    print(f"[step {step}] {failed_ahead}", file=sys.stderr, flush=True)
+                    failed_ahead = None
             self._check_update(step, metrics)
             with timer("sync"):
                 self.fleet.sync_weights(self.learner, version=str(step))
@@ -217,6 +238,8 @@ class Trainer:
                 self.evaluate(step)
             if (t.save_every and step % t.save_every == 0) or step == t.total_steps or stop.requested:
                 self.save(step)
+            if failed_ahead is not None:
+                raise failed_ahead
             if stop.requested:
                 print(f"[run] stopped by signal {stop.requested} after step {step}; checkpoint saved. Run the same "
                       "command again to resume.", file=sys.stderr, flush=True)
@@ -255,6 +278,7 @@ class Trainer:
         """collect_rollouts on the background thread; its phases are logged as time/ahead_<phase> (hidden behind
         the learner's update, unlike the time/<phase> of the step's own)."""
         timer = StepTimer()
+        self._ahead_thread = threading.get_ident()
         rollouts = self.collect_rollouts(step, timer)
         rollouts.metrics |= {f"time/ahead_{k}": v for k, v in timer.phases.items()}
         return rollouts
@@ -388,7 +412,9 @@ class Trainer:
 
     def close(self) -> None:
         self.tracker.close()
-        self.fleet.shutdown()
+        self.fleet.shutdown()  # (first: a collect still running ahead then fails fast instead of replacing engines)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
         self.rewards.shutdown()
         self.learner.shutdown()
 
