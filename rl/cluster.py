@@ -31,3 +31,27 @@ def gpus_per_actor(asked: float | None) -> float:
     if asked is not None:
         return asked
     return 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+
+def node_gpus() -> list[int]:
+    """The GPU count of each live node of the cluster, in Ray's node order."""
+    import ray
+
+    return [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def plan_gpus(cfg):
+    """The placement plan (rl/train/placement.py) of the run's learner ranks and engines on this cluster's GPUs;
+    PlacementError, naming the keys, when they do not fit. None on a CPU cluster, or when an actor asks for a
+    fraction of a GPU (GPUs shared on purpose: Ray places those)."""
+    from rl.train.placement import plan_placement
+
+    learner = gpus_per_actor(cfg.learner.num_gpus)
+    engine = gpus_per_actor(cfg.rollout.num_gpus_per_engine)
+    if not learner and not engine:
+        return None
+    if learner != int(learner) or engine != int(engine) or not learner or not engine:
+        return None
+    per_engine = cfg.rollout.tensor_parallel_size if cfg.rollout.num_gpus_per_engine is None else int(engine)
+    return plan_placement(node_gpus(), cfg.learner.num_ranks, cfg.rollout.num_engines,
+                          tensor_parallel_size=per_engine, learner_gpus_per_rank=int(learner))

@@ -66,9 +66,20 @@ class RolloutFleet:
         if cfg.engine not in ENGINES:
             raise ValueError(f"rollout.engine={cfg.engine!r}; choose one of {sorted(ENGINES)}")
         self.cfg, self.model_path = cfg, model_path
-        gpus = gpus_per_actor(cfg.num_gpus_per_engine)
-        transfer = cfg.weight_sync == "transfer"
-        env = {} if gpus else cpu_env(cfg.num_threads, cfg.kv_cache_gib, multiprocess=transfer)
+        tp = cfg.tensor_parallel_size
+        gpus = gpus_per_actor(cfg.num_gpus_per_engine) * (tp if cfg.num_gpus_per_engine is None else 1)
+        if tp > 1 and not gpus:
+            raise ValueError(f"rollout.tensor_parallel_size={tp} splits an engine over GPUs and this cluster has "
+                             "none: set rollout.tensor_parallel_size=1 (use more rollout.num_engines on CPU)")
+        if cfg.weight_sync == "auto":  # what works with vLLM's default engine core where the engines run
+            self.weight_sync = "transfer" if gpus and cfg.engine == "vllm" else "object_store"
+        else:
+            self.weight_sync = cfg.weight_sync
+        transfer = self.weight_sync == "transfer"
+        if gpus:  # reload_weights through collective_rpc needs the engine core in-process
+            env = {} if transfer else {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        else:
+            env = cpu_env(cfg.num_threads, cfg.kv_cache_gib, multiprocess=transfer)
         self.options = dict(num_cpus=cfg.num_cpus_per_engine, num_gpus=gpus, runtime_env={"env_vars": env})
         # (the driver resolves auto once, rl/models/precision.py; a config built in code may still hold it)
         self.kwargs = dict(dtype=detect()[0] if cfg.dtype == "auto" else cfg.dtype)
@@ -77,6 +88,7 @@ class RolloutFleet:
                 max_model_len=cfg.max_model_len,
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 enforce_eager=cfg.enforce_eager,
+                tensor_parallel_size=tp,
                 seed=seed,
                 weight_transfer=transfer,
             )
@@ -172,7 +184,7 @@ class RolloutFleet:
     def sync_weights(self, learner, version: str, actors: list | None = None) -> None:
         """The learner's weights (after step `version`) into every engine, or into `actors` (replacements), as
         rollout.weight_sync says. `learner`: rl.train.learner_group.LearnerGroup."""
-        if self.cfg.weight_sync == "transfer":
+        if self.weight_sync == "transfer":
             self.transfer_weights(learner, version, actors)
         elif actors is None:
             self.update_weights(learner.export_weights(self.cfg.dtype))
@@ -200,10 +212,11 @@ class RolloutFleet:
                 self._replace(dead, RuntimeError("found dead before the weight sync"), load=False)
             actors = list(self.actors)
         address, port = learner.endpoint()
-        world = 1 + len(actors)
+        tp = self.cfg.tensor_parallel_size  # (every worker of an engine joins: it loads its shard of the whole)
+        world = 1 + len(actors) * tp
         meta = learner.weight_metadata(self.cfg.dtype) | {"bucket_bytes": self.cfg.weight_bucket_mib << 20}
         timeout = self.cfg.weight_transfer_timeout_s
-        receiving = [a.receive_weights.remote(dict(master_address=address, master_port=port, rank_offset=1 + i,
+        receiving = [a.receive_weights.remote(dict(master_address=address, master_port=port, rank_offset=1 + i * tp,
                                                    world_size=world, timeout_s=timeout), meta, version)
                      for i, a in enumerate(actors)]
         sending = learner.broadcast(address, port, world, self.cfg.dtype, meta["bucket_bytes"], timeout)

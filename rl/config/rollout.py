@@ -102,7 +102,7 @@ class AdaptiveThinkingConfig:
     thinking_max_tokens: int = 1024
 
 
-WEIGHT_SYNCS = ("object_store", "transfer")  # rollout.weight_sync
+WEIGHT_SYNCS = ("auto", "object_store", "transfer")  # rollout.weight_sync
 
 
 @dataclass
@@ -121,11 +121,14 @@ class RolloutConfig:
     # GPUs, else 0
     num_threads: int | None = field(default=None, metadata=ANY_ON_RESUME)  # CPU threads of each engine; None: all
     # cores of its node
-    weight_sync: str = field(default="object_store", metadata=ANY_ON_RESUME)  # how the learner's weights reach
-    # the engines after each update: "object_store" (a state dict through Ray's object store, loaded by vLLM's
-    # reload_weights; in-process engine core only) or "transfer" (vLLM's weight-transfer API over a gloo group: the
-    # learner broadcasts byte buckets, only names and shapes cross vLLM's RPC; works with the multiprocess engine
-    # core, the GPU default, which the CPU engine then runs too). rollout/weight_transfer.py
+    tensor_parallel_size: int = field(default=1, metadata=ANY_ON_RESUME)  # GPUs of one engine (vLLM tensor
+    # parallelism, inside one node); the engine actor takes that many GPUs. rl/train/placement.py plans the cluster
+    weight_sync: str = field(default="auto", metadata=ANY_ON_RESUME)  # how the learner's weights reach the engines
+    # after each update: "object_store" (a state dict through Ray's object store, loaded by vLLM's reload_weights;
+    # the engine core then runs in-process, on GPU too) or "transfer" (vLLM's weight-transfer API over a gloo group:
+    # the learner broadcasts byte buckets, only names and shapes cross vLLM's RPC; the engine core runs in a process
+    # of its own, vLLM's GPU default, on CPU too). auto: transfer when the engines have GPUs, else object_store.
+    # rollout/weight_transfer.py
     weight_bucket_mib: int = field(default=1024, metadata=ANY_ON_RESUME)  # transfer: bytes broadcast at a time
     weight_transfer_timeout_s: float = field(default=300.0, metadata=ANY_ON_RESUME)  # transfer: how long the group's
     # rendezvous and a broadcast wait for an engine before the sync gives up on it (and replaces it)
@@ -157,6 +160,12 @@ class RolloutConfig:
               f"{list(WEIGHT_SYNCS)}")
         check(self.weight_sync != "transfer" or self.engine == "vllm",
               f"{key}.weight_sync=transfer is vLLM's weight-transfer API: it needs {key}.engine=vllm")
+        tp = self.tensor_parallel_size
+        check(tp >= 1, f"{key}.tensor_parallel_size={tp}: must be >= 1")
+        check(tp == 1 or self.engine == "vllm", f"{key}.tensor_parallel_size={tp} needs {key}.engine=vllm")
+        check(tp == 1 or self.num_gpus_per_engine in (None, tp),
+              f"{key}.tensor_parallel_size={tp} gives each engine {tp} GPUs: remove {key}.num_gpus_per_engine "
+              f"(now {self.num_gpus_per_engine}) or set it to {tp}")
         check(self.weight_bucket_mib >= 1, f"{key}.weight_bucket_mib={self.weight_bucket_mib}: must be >= 1")
         check(self.weight_transfer_timeout_s > 0,
               f"{key}.weight_transfer_timeout_s={self.weight_transfer_timeout_s}: must be > 0 (seconds, e.g. 300)")

@@ -54,20 +54,29 @@ class LearnerRank:
         return getattr(self.learner, method)(*args, **kwargs)
 
 
+def reserve(cfg):
+    """The learner's placement group (learner.num_ranks bundles, packed onto as few nodes as possible), reserved:
+    before the engines start, so on a GPU cluster the learner's ranks take whole nodes first (rl/train/placement.py)."""
+    n, gpus = cfg.num_ranks, gpus_per_actor(cfg.num_gpus)
+    bundle = {"CPU": cfg.num_cpus, **({"GPU": gpus} if gpus else {})}
+    pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
+    ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+    if not ready:
+        remove_placement_group(pg)
+        raise RuntimeError(
+            f"the cluster cannot place learner.num_ranks={n} ranks of {bundle} each within "
+            f"{PLACEMENT_TIMEOUT_S} s (it has {ray.available_resources()} free): lower learner.num_ranks, "
+            "learner.num_cpus or learner.num_gpus, or add nodes")
+    return pg
+
+
 class LearnerGroup:
     """learner.num_ranks LearnerRank actors, packed onto as few nodes as the placement group allows."""
 
-    def __init__(self, cfg, *args, **kwargs):
+    def __init__(self, cfg, *args, placement=None, **kwargs):
+        """placement: the group's placement group, already reserved (`reserve`); None: reserved now."""
         n, gpus = cfg.num_ranks, gpus_per_actor(cfg.num_gpus)
-        bundle = {"CPU": cfg.num_cpus, **({"GPU": gpus} if gpus else {})}
-        self.pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
-        ready, _ = ray.wait([self.pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
-        if not ready:
-            remove_placement_group(self.pg)
-            raise RuntimeError(
-                f"the cluster cannot place learner.num_ranks={n} ranks of {bundle} each within "
-                f"{PLACEMENT_TIMEOUT_S} s (it has {ray.available_resources()} free): lower learner.num_ranks, "
-                "learner.num_cpus or learner.num_gpus, or add nodes")
+        self.pg = placement if placement is not None else reserve(cfg)
         self.actors = []
         try:
             self._start(cfg, n, gpus, *args, **kwargs)

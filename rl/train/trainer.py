@@ -24,7 +24,7 @@ import torch
 from transformers import AutoTokenizer
 
 from rewards import RewardError, RewardManager, RewardOutput
-from rl.cluster import gpus_per_actor, start_ray
+from rl.cluster import gpus_per_actor, plan_gpus, start_ray
 from rl.config import Config, to_dict, to_yaml
 from rl.core.advantages import compute_advantages
 from rl.core.batch import Batch
@@ -38,7 +38,7 @@ from rl.models.precision import resolve_precision
 from rl.models.resolve import check_context_length, resolve_model_path
 from rl.train.checkpoint import kill_point, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from rl.train.learner import LearnerClient
-from rl.train.learner_group import LearnerGroup
+from rl.train.learner_group import LearnerGroup, reserve
 from rl.train.metrics import Progress, StepTimer, Tracker, rollout_metrics, write_rollouts
 from rl.train.run_folder import RunFolder, StopOnSignal
 from rollout.base import Sample, group_slices
@@ -155,6 +155,10 @@ class Trainer:
         cfg = self.cfg
         start_ray(cfg.ray)
         self.rewards.start()  # reward classes become Ray actors: a scorer that cannot start fails before the engines
+        plan = plan_gpus(cfg)  # learner and engines on the GPUs: a plan that does not fit stops here
+        if plan is not None:
+            print("[cluster] placement:\n" + plan.describe(), flush=True)
+        placement = reserve(cfg.learner)  # the learner's GPUs first (as planned), then the engines take theirs
         # the rollout engines start first: on a GPU node they take their share of memory before the learner starts;
         # on CPU nodes (no such race) the learner starts while they load
         on_gpu = gpus_per_actor(cfg.rollout.num_gpus_per_engine) > 0
@@ -164,7 +168,7 @@ class Trainer:
             cfg.learner, policy, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl, total_steps=cfg.trainer.total_steps,
             max_response_tokens=cfg.rollout.sampling.max_tokens, seed=cfg.seed, ref_model_path=self.model_path,
             weights=cfg.algorithm.token_weights, divergence=cfg.algorithm.divergence,
-            correction=cfg.algorithm.rollout_correction,
+            correction=cfg.algorithm.rollout_correction, placement=placement,
         )
         self.fleet.wait_ready()
         self.ctx.learner = LearnerClient(self.learner)
