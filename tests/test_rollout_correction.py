@@ -86,9 +86,9 @@ def test_bad_sections_name_the_key(kw, problem):
 
 # -- in the learner ----------------------------------------------------------------------------------------------
 
-def _update(path: str, batch, correction=None) -> tuple[dict, dict[str, torch.Tensor]]:
+def _update(path: str, batch, correction=None, loss=None) -> tuple[dict, dict[str, torch.Tensor]]:
     cfg = LearnerConfig(micro_batch_size=2, optim=OptimConfig(lr=1e-3, grad_clip=0.0), num_threads=1)
-    learner = Learner(path, cfg, PolicyLossConfig(), None, total_steps=1, max_response_tokens=8,
+    learner = Learner(path, cfg, loss or PolicyLossConfig(), None, total_steps=1, max_response_tokens=8,
                       correction=correction)
     learner.model.to(torch.float64)  # Adam's first step is about sign(g): float32 noise would flip tiny entries
     before = {k: v.clone() for k, v in learner.model.state_dict().items()}
@@ -135,6 +135,19 @@ def test_icepop_update_equals_the_update_without_the_rejected_row(tiny_model_pat
     assert _close(d, d_without)
     _, d_plain = _update(tiny_model_path, _sampled_by_the_learner(tiny_model_path))
     assert not _close(d, d_plain)  # the rejection did change the update
+
+
+def test_a_row_mis_rejects_leaves_the_sequence_mean_as_if_it_were_not_in_the_batch(tiny_model_path):
+    """seq-mean-token-mean averages over the rows with a loss token: a row MIS rejects (rho_0 = 16 > 2) is not
+    counted, so the loss equals that of the batch without the row (not 5/6 of it)."""
+    batch = _sampled_by_the_learner(tiny_model_path)
+    batch.rollout_logprobs[0] -= 4 * LN2 * batch.response_mask[0] / batch.response_mask[0].sum()
+    seq_mean = PolicyLossConfig(agg_mode="seq-mean-token-mean")
+    m, _ = _update(tiny_model_path, batch, RolloutCorrectionConfig(name="mis", cap=2.0), loss=seq_mean)
+    rest = _sampled_by_the_learner(tiny_model_path).select([1, 2, 3, 4, 5])
+    rest, _ = _update(tiny_model_path, rest, loss=seq_mean)
+    assert m["rollout_correction/rejected_frac"] > 0 and rest["loss"] != 0
+    assert m["loss"] == pytest.approx(rest["loss"], rel=1e-6)
 
 
 def test_tis_scales_a_token_by_its_truncated_ratio(tiny_model_path):

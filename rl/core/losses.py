@@ -156,7 +156,8 @@ def aggregate_loss(loss: Tensor, mask: Tensor, mode: str, *, num_tokens: float, 
                    norm_length: float | None = None) -> Tensor:
     """Reduce a [B, T] per-token loss to a scalar with the aggregation named `mode`.
 
-    num_tokens (sum of the mask) and num_seqs count the whole optimizer step, across micro-batches and learners,
+    num_tokens (sum of the mask) and num_seqs (the rows with at least one loss token: a fully masked or rejected
+    row is not in a sequence mean) count the whole optimizer step, across micro-batches and learners,
     so that gradient accumulation leaves loss and gradient unchanged; both must be > 0.
     """
     return LOSS_AGGREGATIONS.get(mode)(loss, mask.to(loss.dtype), num_tokens, num_seqs, norm_length)

@@ -247,7 +247,7 @@ class Learner:
         # normalisers of the whole optimizer step, so micro-batching leaves loss and gradient unchanged
         rl_mask, aux_mask = mb.loss_masks()
         num_tokens = float(rl_mask.sum().clamp(min=1))
-        num_seqs = float(max(int((rl_mask.sum(-1) > 0).sum()), 1)) if aux_mask is not None else float(len(mb))
+        num_seqs = float(max(int((rl_mask.sum(-1) > 0).sum()), 1))  # rows with a loss token (not those rejected)
         num_aux_tokens = float(aux_mask.sum()) if aux_mask is not None else 0.0
         for term in self.terms:
             term.start_step(self, mb, rl_mask)
