@@ -33,6 +33,12 @@ def gpus_per_actor(asked: float | None) -> float:
     return 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
 
 
+def engine_gpus(rc) -> float:
+    """A rollout engine's GPUs (rollout config `rc`): rollout.num_gpus_per_engine, or (None) the
+    tensor_parallel_size when the cluster has GPUs, else 0."""
+    return gpus_per_actor(rc.num_gpus_per_engine) * (rc.tensor_parallel_size if rc.num_gpus_per_engine is None else 1)
+
+
 def node_gpus() -> list[int]:
     """The GPU count of each live node of the cluster, in Ray's node order."""
     import ray
@@ -46,12 +52,8 @@ def plan_gpus(cfg):
     fraction of a GPU (GPUs shared on purpose: Ray places those)."""
     from rl.train.placement import plan_placement
 
-    learner = gpus_per_actor(cfg.learner.num_gpus)
-    engine = gpus_per_actor(cfg.rollout.num_gpus_per_engine)
-    if not learner and not engine:
-        return None
+    learner, engine = gpus_per_actor(cfg.learner.num_gpus), engine_gpus(cfg.rollout)
     if learner != int(learner) or engine != int(engine) or not learner or not engine:
         return None
-    per_engine = cfg.rollout.tensor_parallel_size if cfg.rollout.num_gpus_per_engine is None else int(engine)
     return plan_placement(node_gpus(), cfg.learner.num_ranks, cfg.rollout.num_engines,
-                          tensor_parallel_size=per_engine, learner_gpus_per_rank=int(learner))
+                          tensor_parallel_size=int(engine), learner_gpus_per_rank=int(learner))

@@ -7,7 +7,7 @@ from typing import Callable
 import ray
 import torch
 
-from rl.cluster import gpus_per_actor
+from rl.cluster import engine_gpus
 from rl.config.rollout import ENGINES, RolloutConfig, SamplingConfig
 from rl.models.precision import detect
 from rollout.base import RolloutEngine, Sample
@@ -67,7 +67,7 @@ class RolloutFleet:
             raise ValueError(f"rollout.engine={cfg.engine!r}; choose one of {sorted(ENGINES)}")
         self.cfg, self.model_path = cfg, model_path
         tp = cfg.tensor_parallel_size
-        gpus = gpus_per_actor(cfg.num_gpus_per_engine) * (tp if cfg.num_gpus_per_engine is None else 1)
+        gpus = engine_gpus(cfg)
         if tp > 1 and not gpus:
             raise ValueError(f"rollout.tensor_parallel_size={tp} splits an engine over GPUs and this cluster has "
                              "none: set rollout.tensor_parallel_size=1 (use more rollout.num_engines on CPU)")
