@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rl.config import ConfigError, load_config
+from rl.data.prompts import PromptSampler
 from tests.resume_harness import run_training, tiny_overrides, train_steps
 from tests.test_faults import TINY_RUN
 
@@ -66,7 +67,7 @@ def test_an_engine_lost_ahead_drops_those_rollouts_and_a_failure_ahead_keeps_the
     from rl.train.trainer import Trainer
 
     argv = ["train", "recipes/quickstart.yaml", f"model.path={tiny_model_path}", f"output_dir={tmp_path}/run",
-            *TINY_RUN, "trainer.total_steps=4", "trainer.save_every=1", "trainer.max_staleness=1",
+            *TINY_RUN, "trainer.total_steps=4", "trainer.save_every=10", "trainer.max_staleness=1",
             "rollout.num_engines=2"]
     collect = Trainer._collect_ahead
 
@@ -86,7 +87,15 @@ def test_an_engine_lost_ahead_drops_those_rollouts_and_a_failure_ahead_keeps_the
     logged = [r for r in train_steps(run) if "reward/mean" in r]
     assert [r["rollout/staleness"] for r in logged] == [0.0, 0.0, 1.0]
     assert [r["rollout/engine_restarts"] for r in logged] == [1.0, 1.0, 1.0]  # (logged after the wait)
-    assert (run / "checkpoints" / "step_000003").is_dir()
+    assert (run / "checkpoints" / "step_000003").is_dir()  # saved for the failure (save_every=10 saves no step here)
+    assert not (run / "checkpoints" / "step_000002").exists()
+    rows = {}
+    for line in (run / "rollouts.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        rows.setdefault(r["step"], set()).add(r["row"])
+    data = load_config("recipes/quickstart.yaml", argv[2:]).data
+    first = PromptSampler(30, data.seed, data.shuffle).next_indices(9)
+    assert rows[1] | rows[2] | rows[3] == set(first)  # the dropped rollouts' prompts were drawn again: none skipped
     assert not (run / "checkpoints" / "step_000003" / "rollouts_ahead.pt").exists()
 
     monkeypatch.undo()

@@ -218,6 +218,7 @@ class Trainer:
                 batch = Batch.concat([batch, extra]) if extra is not None else batch
             # asynchronous: the engines make step+1's rollouts with the weights before this update (on a thread
             # of its own, which only generates and scores) while the learner trains on this step
+            sampled = self.sampler.state_dict()  # (restored if the rollouts made ahead are dropped)
             ahead = pool.submit(self._collect_ahead, step + 1) if pool and step < t.total_steps else None
             kill_point("learn", step)
             with timer("learn"):
@@ -227,6 +228,8 @@ class Trainer:
                 with timer("wait_rollouts"):
                     failed_ahead = ahead.exception()
                 self.ahead = ahead.result() if failed_ahead is None else None
+                if failed_ahead is not None:  # their prompts are drawn again by the step collected after the sync
+                    self.sampler.load_state_dict(sampled)
                 if isinstance(failed_ahead, ReplacedAhead):
                     print(f"[step {step}] {failed_ahead}", file=sys.stderr, flush=True)
                     failed_ahead = None
@@ -240,7 +243,8 @@ class Trainer:
             progress.update(step, metrics)
             if t.eval_every and step % t.eval_every == 0 and step != t.total_steps:
                 self.evaluate(step)
-            if (t.save_every and step % t.save_every == 0) or step == t.total_steps or stop.requested:
+            if ((t.save_every and step % t.save_every == 0) or step == t.total_steps or stop.requested
+                    or failed_ahead is not None):
                 self.save(step)
             if failed_ahead is not None:
                 raise failed_ahead
