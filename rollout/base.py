@@ -40,6 +40,11 @@ class RolloutEngine(ABC):
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load new policy weights (names as in the HF model's state_dict)."""
 
+    def is_dead(self, error: Exception) -> bool:
+        """Whether `error`, raised by one of this engine's calls, means it can serve no more (a process of its own
+        that died): its actor then exits, so the fleet replaces it as it replaces a dead actor."""
+        return False
+
 
 def continuation_seed(seed: int, sample: int, turn: int) -> int:
     """The seed of a sample's continuation in a later turn (search results, a forced answer), from its prompt's seed."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Callable
 
 import ray
@@ -20,16 +22,28 @@ def _import(path: str):
 
 @ray.remote(concurrency_groups={"probe": 1})
 class RolloutActor:
-    """Thin actor around one engine. Its calls run one at a time; `running` answers on a thread of its own."""
+    """Thin actor around one engine. Its calls run one at a time; `running` answers on a thread of its own. An
+    engine that can serve no more (RolloutEngine.is_dead) ends this process: the fleet sees a dead actor, replaces
+    it and redoes its shard, as after a killed process."""
 
     def __init__(self, engine: str, model_path: str, kwargs: dict):
         self.engine: RolloutEngine = _import(ENGINES[engine])(model_path, **kwargs)
         self._running: str | None = None
 
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self.engine, method)(*args)
+        except Exception as e:
+            if self.engine.is_dead(e):
+                print(f"[rollout] the engine died during {method} ({type(e).__name__}: {e}); this actor exits",
+                      file=sys.stderr, flush=True)
+                os._exit(1)
+            raise
+
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
         self._running = "generate"
         try:
-            return self.engine.generate(prompts, sampling, seeds)
+            return self._call("generate", prompts, sampling, seeds)
         finally:
             self._running = None
 
@@ -39,10 +53,10 @@ class RolloutActor:
         return self._running
 
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        self.engine.update_weights(state_dict)
+        self._call("update_weights", state_dict)
 
     def receive_weights(self, init_info: dict, update_info: dict, version: str) -> None:
-        self.engine.receive_weights(init_info, update_info, version)
+        self._call("receive_weights", init_info, update_info, version)
 
     def engine_core(self) -> str:
         """How the vLLM engine core runs: its client's class (InprocClient: in this process; SyncMPClient: a

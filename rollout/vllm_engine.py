@@ -112,6 +112,13 @@ class VLLMEngine(RolloutEngine):
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
 
+    def is_dead(self, error: Exception) -> bool:
+        """The engine core's process died (killed, out of memory, a crashed GPU worker): vLLM raises EngineDeadError
+        from then on, to every call, while this process lives."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        return isinstance(error, EngineDeadError)
+
     def receive_weights(self, init_info: dict, update_info: dict, version: str) -> None:
         """One sync through vLLM's weight-transfer API: join the learner's transfer group, receive and load its
         broadcast (rollout/weight_transfer.py), leave; the prefix cache holds the old weights' KV, so it goes."""

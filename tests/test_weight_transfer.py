@@ -6,8 +6,10 @@ object store samples, and not what they sampled before."""
 
 from __future__ import annotations
 
+import os
 import socket
 
+import psutil
 import pytest
 import ray
 
@@ -55,6 +57,18 @@ def test_transfer_into_multiprocess_engines_equals_the_object_store(ray_cluster,
             assert after == tokens(plain), f"sync {step}: the transferred weights sample differently"
             assert after != before, f"sync {step}: the engines still sample with the old weights"
             before = after
+
+        # engine 1's engine core process dies (out of memory, a crashed worker) and its actor lives on, vLLM raising
+        # EngineDeadError to every call: the actor exits, and the fleet replaces it, loads the current weights into
+        # the replacement and redoes its shard
+        transfer.weights_source = lambda actors: transfer.transfer_weights(learner, "2", actors)
+        pid = ray_cluster.get(transfer.actors[1].__ray_call__.remote(lambda self: os.getpid()))
+        cores = [p for p in psutil.Process(pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+        assert len(cores) == 1, [p.cmdline() for p in psutil.Process(pid).children(recursive=True)]
+        cores[0].kill()
+        cores[0].wait(30)
+        assert tokens(transfer) == after
+        assert transfer.restarts == 1
     finally:
         transfer.shutdown()
         plain.shutdown()
