@@ -114,7 +114,11 @@ class RolloutFleet:
         self._restarts_this_call = 0  # incidents in the current call (generate or sync), bounded
         self.actors = [self._start() for _ in range(cfg.num_engines)]
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:  # an engine that cannot start: none is left running
+                self.shutdown()
+                raise
 
     def wait_ready(self) -> None:
         """Until every engine has loaded (RolloutFleet(wait=False) returns while they start)."""

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import ray
 import torch
+from ray.util.placement_group import remove_placement_group
 from transformers import AutoTokenizer
 
 from rewards import RewardError, RewardManager, RewardOutput
@@ -119,7 +120,12 @@ class Trainer:
         self.folder.prepare(self.resume_from, self.step)
         self.tracker = Tracker(self.run_dir, cfg.logging, cfg.name, config_dict=to_dict(cfg),
                                resume_step=self.step if self.resume_from is not None else None)
-        self._start_cluster()
+        self.fleet = self.learner = self.placement = None
+        try:
+            self._start_cluster()
+        except BaseException:  # (an engine or a rank that cannot start): what did start is stopped, not left behind
+            self.close()
+            raise
 
     def _load_eval_sets(self) -> tuple[dict, dict]:
         """data.eval (as `heldout`) and eval_sets, tokenised; an optional set that is not found is skipped, noted."""
@@ -158,7 +164,7 @@ class Trainer:
         plan = plan_gpus(cfg)  # learner and engines on the GPUs: a plan that does not fit stops here
         if plan is not None:
             print("[cluster] placement:\n" + plan.describe(), flush=True)
-        placement = reserve(cfg.learner)  # the learner's GPUs first (as planned), then the engines take theirs
+        self.placement = reserve(cfg.learner)  # the learner's GPUs first (as planned), then the engines take theirs
         # the rollout engines start first: on a GPU node they take their share of memory before the learner starts;
         # on CPU nodes (no such race) the learner starts while they load
         on_gpu = gpus_per_actor(cfg.rollout.num_gpus_per_engine) > 0
@@ -168,7 +174,7 @@ class Trainer:
             cfg.learner, policy, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl, total_steps=cfg.trainer.total_steps,
             max_response_tokens=cfg.rollout.sampling.max_tokens, seed=cfg.seed, ref_model_path=self.model_path,
             weights=cfg.algorithm.token_weights, divergence=cfg.algorithm.divergence,
-            correction=cfg.algorithm.rollout_correction, placement=placement,
+            correction=cfg.algorithm.rollout_correction, placement=self.placement,
         )
         self.fleet.wait_ready()
         self.ctx.learner = LearnerClient(self.learner)
@@ -419,12 +425,17 @@ class Trainer:
                                self.cfg.trainer.keep_checkpoints)
 
     def close(self) -> None:
+        """Stops what started (all of it, or what did before a failure at start)."""
         self.tracker.close()
-        self.fleet.shutdown()  # (first: a collect still running ahead then fails fast instead of replacing engines)
+        if self.fleet is not None:  # (first: a collect still running ahead then fails fast, replacing no engine)
+            self.fleet.shutdown()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
         self.rewards.shutdown()
-        self.learner.shutdown()
+        if self.learner is not None:
+            self.learner.shutdown()
+        elif self.placement is not None:  # reserved, and the learner's ranks never started
+            remove_placement_group(self.placement)
 
 
 def train(cfg: Config) -> dict:
