@@ -55,5 +55,6 @@ def plan_gpus(cfg):
     learner, engine = gpus_per_actor(cfg.learner.num_gpus), engine_gpus(cfg.rollout)
     if learner != int(learner) or engine != int(engine) or not learner or not engine:
         return None
+    key = "rollout.num_gpus_per_engine" if cfg.rollout.num_gpus_per_engine is not None else "rollout.tensor_parallel_size"
     return plan_placement(node_gpus(), cfg.learner.num_ranks, cfg.rollout.num_engines,
-                          tensor_parallel_size=int(engine), learner_gpus_per_rank=int(learner))
+                          tensor_parallel_size=int(engine), learner_gpus_per_rank=int(learner), engine_key=key)

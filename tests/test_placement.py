@@ -42,8 +42,40 @@ def test_a_learner_larger_than_a_node_and_uneven_nodes():
 @pytest.mark.parametrize("shape, kw, problem", [
     ([8], dict(learner_ranks=1, num_engines=1, tensor_parallel_size=16), "more GPUs than any node has"),
     ([4, 4], dict(learner_ranks=9, num_engines=0), "learner.num_ranks=9 ranks .* the cluster has 8"),
-    ([8], dict(learner_ranks=8, num_engines=1), r"room for 0 such engines"),
+    ([8], dict(learner_ranks=8, num_engines=1), r"room for 0 such engines \(each inside one node\); lower "
+                                                r"rollout.tensor_parallel_size or learner.num_ranks"),
 ])
 def test_what_does_not_fit_names_the_keys(shape, kw, problem):
     with pytest.raises(PlacementError, match=problem):
         plan_placement(shape, **kw)
+
+
+@pytest.fixture
+def gpu_cluster(monkeypatch):
+    """rl.cluster's reading of Ray: a cluster of nodes with these GPU counts (the planning on top is real)."""
+    import ray
+
+    import rl.cluster
+
+    def shape(nodes: list[int]) -> None:
+        monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 64.0, "GPU": float(sum(nodes))})
+        monkeypatch.setattr(rl.cluster, "node_gpus", lambda: list(nodes))
+    return shape
+
+
+def test_the_run_config_is_planned_on_the_cluster_s_gpus(gpu_cluster):
+    from rl.cluster import plan_gpus
+    from rl.config import load_config
+
+    def cfg(*extra):
+        return load_config("recipes/quickstart.yaml", list(extra))
+
+    gpu_cluster([0])
+    assert plan_gpus(cfg()) is None  # a CPU cluster: nothing to plan
+    gpu_cluster([8])
+    plan = plan_gpus(cfg("learner.num_ranks=4", "rollout.num_engines=2", "rollout.tensor_parallel_size=2"))
+    assert [s.gpus for s in plan.learner] == [(0,), (1,), (2,), (3,)]
+    assert plan.engines == (Slot(0, (4, 5)), Slot(0, (6, 7)))
+    assert plan_gpus(cfg("rollout.num_gpus_per_engine=0.5")) is None  # GPUs shared on purpose: Ray places them
+    with pytest.raises(PlacementError, match=r"engines of rollout.num_gpus_per_engine=4 GPUs do not fit"):
+        plan_gpus(cfg("learner.num_ranks=4", "rollout.num_engines=2", "rollout.num_gpus_per_engine=4"))

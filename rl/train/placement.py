@@ -42,15 +42,16 @@ class Plan:
 
 
 def plan_placement(node_gpus: list[int], learner_ranks: int, num_engines: int, tensor_parallel_size: int = 1,
-                   learner_gpus_per_rank: int = 1) -> Plan:
-    """The disaggregated plan for nodes with `node_gpus[i]` GPUs each; PlacementError when it does not fit."""
+                   learner_gpus_per_rank: int = 1, engine_key: str = "rollout.tensor_parallel_size") -> Plan:
+    """The disaggregated plan for nodes with `node_gpus[i]` GPUs each; PlacementError when it does not fit.
+    `tensor_parallel_size`: an engine's GPUs, set by `engine_key` (rollout.num_gpus_per_engine when that is set)."""
     if tensor_parallel_size < 1 or learner_gpus_per_rank < 1:
-        raise PlacementError("rollout.tensor_parallel_size and learner.num_gpus must be >= 1 on a GPU cluster")
+        raise PlacementError(f"{engine_key} and learner.num_gpus must be >= 1 on a GPU cluster")
     widest = max(node_gpus, default=0)
     if tensor_parallel_size > widest:
         raise PlacementError(
-            f"rollout.tensor_parallel_size={tensor_parallel_size} is more GPUs than any node has ({widest}): an "
-            f"engine's tensor-parallel group stays inside one node; lower it to at most {widest}")
+            f"{engine_key}={tensor_parallel_size} is more GPUs than any node has ({widest}): an "
+            f"engine's GPUs stay inside one node; lower it to at most {widest}")
     free = [list(range(g)) for g in node_gpus]
     learner = []
     for rank in range(learner_ranks):
@@ -67,12 +68,13 @@ def plan_placement(node_gpus: list[int], learner_ranks: int, num_engines: int, t
         node = next((n for n, f in enumerate(free) if len(f) >= tensor_parallel_size), None)
         if node is None:
             fits = len(engines)
+            fewer = f"lower rollout.num_engines to {fits}, " if fits else "lower "
             raise PlacementError(
-                f"rollout.num_engines={num_engines} engines of rollout.tensor_parallel_size={tensor_parallel_size} "
+                f"rollout.num_engines={num_engines} engines of {engine_key}={tensor_parallel_size} "
                 f"GPUs do not fit: after the learner's {learner_ranks * learner_gpus_per_rank} GPUs the nodes have "
                 f"{[len(f) + sum(len(s.gpus) for s in engines if s.node == n) for n, f in enumerate(free)]} free, "
-                f"room for {fits} such engines (each inside one node); lower rollout.num_engines to {fits}, "
-                "rollout.tensor_parallel_size, or learner.num_ranks, or add nodes")
+                f"room for {fits} such engines (each inside one node); {fewer}{engine_key} "
+                "or learner.num_ranks, or add nodes")
         engines.append(Slot(node, tuple(free[node][:tensor_parallel_size])))
         del free[node][:tensor_parallel_size]
     return Plan(tuple(learner), tuple(engines))

@@ -163,7 +163,8 @@ class Trainer:
         self.rewards.start()  # reward classes become Ray actors: a scorer that cannot start fails before the engines
         plan = plan_gpus(cfg)  # learner and engines on the GPUs: a plan that does not fit stops here
         if plan is not None:
-            print("[cluster] placement:\n" + plan.describe(), flush=True)
+            print("[cluster] placement (GPUs counted per node; Ray assigns the device indices):\n" + plan.describe(),
+                  flush=True)
         self.placement = reserve(cfg.learner)  # the learner's GPUs first (as planned), then the engines take theirs
         # the rollout engines start first: on a GPU node they take their share of memory before the learner starts;
         # on CPU nodes (no such race) the learner starts while they load
