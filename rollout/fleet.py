@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from typing import Callable
 
 import ray
@@ -112,6 +113,7 @@ class RolloutFleet:
         self.restarts = 0  # engines replaced so far in this run
         self.closed = False  # shutdown() began: a death is no longer replaced
         self._restarts_this_call = 0  # incidents in the current call (generate or sync), bounded
+        self._lock = threading.Lock()  # shutdown vs. a replacement started on the thread that collects ahead
         self.actors = [self._start() for _ in range(cfg.num_engines)]
         if wait:
             try:
@@ -132,19 +134,20 @@ class RolloutFleet:
         incident toward rollout.max_engine_restarts however many engines it takes (one death that breaks a weight
         broadcast takes every engine that was mid-load). load: the replacements get the current weights
         (weights_source); else the caller loads them. Returns the replacements."""
-        if self.closed:
-            raise RuntimeError(f"rollout engine {indices} died while the fleet shuts down: {error}") from error
         if self._restarts_this_call >= self.cfg.max_engine_restarts:
             raise RuntimeError(
                 f"rollout engine {indices} died and {self._restarts_this_call} replacements in this call died too "
                 f"(rollout.max_engine_restarts={self.cfg.max_engine_restarts}); last error: {error}"
             ) from error
-        self._restarts_this_call += 1
-        self.restarts += len(indices)
-        for i in indices:
-            print(f"[rollout] engine {i} died ({type(error).__name__}); starting a replacement", flush=True)
-            ray.kill(self.actors[i], no_restart=True)
-            self.actors[i] = self._start()
+        with self._lock:  # (a replacement started here is one shutdown() kills)
+            if self.closed:
+                raise RuntimeError(f"rollout engine {indices} died while the fleet shuts down: {error}") from error
+            self._restarts_this_call += 1
+            self.restarts += len(indices)
+            for i in indices:
+                print(f"[rollout] engine {i} died ({type(error).__name__}); starting a replacement", flush=True)
+                ray.kill(self.actors[i], no_restart=True)
+                self.actors[i] = self._start()
         new = [self.actors[i] for i in indices]
         ray.get([a.ready.remote() for a in new])
         if load and self.weights_source is not None:  # (a failed load replaces them again, within the bound)
@@ -275,7 +278,8 @@ class RolloutFleet:
         return dead
 
     def shutdown(self) -> None:
-        self.closed = True  # (a collect still running on another thread then ends with an error, not a new engine)
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
+        with self._lock:
+            self.closed = True  # (a collect still running on another thread then ends with an error, not a new engine)
+            for a in self.actors:
+                ray.kill(a)
+            self.actors = []
