@@ -67,6 +67,19 @@ class VLLMEngine(RolloutEngine):
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else None
+        self._compile_grammars_as_added()
+
+    def _compile_grammars_as_added(self) -> None:
+        """Seeded runs repeat exactly with structured outputs (sampling.regex) too. vLLM compiles a request's grammar
+        on a thread, and a step schedules only the requests whose grammar is ready: which requests shared the first
+        step varied run to run (13 to 15 of 16 were seen), and a request prefilled beside decodes gets other last bits
+        in its bf16 log-probs. An in-process engine core (the CPU default) compiles each grammar when its request is
+        added instead, as vLLM itself does for external_launcher. A multiprocess core (GPU) keeps the thread; its
+        kernels are not bitwise reproducible across batch shapes anyway."""
+        core = getattr(self.llm.llm_engine.engine_core, "engine_core", None)  # InprocClient's EngineCore
+        manager = getattr(core, "structured_output_manager", None)
+        if manager is not None and hasattr(manager, "_use_async_grammar_compilation"):
+            manager._use_async_grammar_compilation = False
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seeds: list[int]) -> list[list[Sample]]:
         from vllm import SamplingParams

@@ -53,6 +53,28 @@ def test_seeded_rollouts_repeat_and_differ_across_seeds(fleet):
     assert ids(a) != ids(c)
 
 
+def test_structured_output_requests_all_start_in_the_first_step(fleet):
+    """A run with sampling.regex repeats exactly: every request of a call is prefilled in the engine's first step.
+    With vLLM's grammar thread a few started a step later, beside decodes, and their bf16 log-probs changed."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import StructuredOutputsParams
+
+    def steps_of(actor, regex: str) -> list[int]:  # runs inside the engine's actor: how many requests each step ran
+        engine = actor.engine.llm.llm_engine
+        for i in range(16):
+            engine.add_request(f"{regex}-{i}", TokensPrompt(prompt_token_ids=[1, 504 + i, 3458, 314]), SamplingParams(
+                max_tokens=6, temperature=1.0, seed=i, structured_outputs=StructuredOutputsParams(regex=regex)))
+        counts = []
+        while engine.has_unfinished_requests():
+            counts.append(len(engine.step()))
+        return counts
+
+    for k in range(3):  # a grammar never compiled before, each time
+        counts = ray.get(fleet.actors[0].__ray_call__.remote(steps_of, f"<answer>(yes|no{k})</answer>|[a-z]{{1,{k + 2}}}"))
+        assert counts[0] == 16, counts
+
+
 def test_engine_logprobs_match_learner_recomputation(fleet, tiny_model_path):
     """The engine's sampled-token log-probs are the model's: a float32 HF forward gives the same numbers."""
     from transformers import AutoModelForCausalLM
