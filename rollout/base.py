@@ -59,3 +59,8 @@ def group_slices(groups: list[list]) -> list[slice]:
         out.append(slice(lo, lo + len(g)))
         lo += len(g)
     return out
+
+
+class TransferBroken(RuntimeError):
+    """A weight broadcast itself failed (a peer died or left, the network, a timeout), as opposed to the sender's own
+    error between broadcasts: the fleet replaces the engines for the first and raises the second."""

@@ -13,7 +13,7 @@ import torch
 from rl.cluster import engine_gpus
 from rl.config.rollout import ENGINES, RolloutConfig, SamplingConfig
 from rl.models.precision import detect
-from rollout.base import RolloutEngine, Sample
+from rollout.base import RolloutEngine, Sample, TransferBroken
 from rollout.vllm_engine import cpu_env
 
 def _import(path: str):
@@ -224,7 +224,9 @@ class RolloutFleet:
           weights half new) is replaced, and the replacements are loaded in a group of their own; a death breaks
           the broadcast for the others, and those still alive (their receive gave up before loading anything: the
           group never formed) are loaded again with them, not replaced;
-        - the learner's failure with no engine dead is the learner's own, and is raised (so is the learner's death).
+        - the learner's failure with no engine dead is the learner's own, and is raised (so is the learner's death);
+          so is one outside the broadcast itself (not TransferBroken: reading or casting its weights, say), though
+          the engines it left mid-load exit: the next sync finds them dead and replaces them.
         """
         if actors is None:  # a sync of the whole fleet (not a replacement's load)
             self._restarts_this_call = 0
@@ -253,7 +255,7 @@ class RolloutFleet:
             ray.get(sending)
             broken = False
         except ray.exceptions.RayError as e:
-            if isinstance(e, ray.exceptions.RayActorError) or not died:
+            if isinstance(e, ray.exceptions.RayActorError) or not died or not isinstance(e, TransferBroken):
                 raise
             broken = True  # (by the engines that died)
         if broken:

@@ -24,6 +24,8 @@ from datetime import timedelta
 
 import torch
 
+from rollout.base import TransferBroken
+
 BACKEND = "gloo"
 
 
@@ -49,8 +51,11 @@ def join(address: str, port: int, world_size: int, rank: int = 0, timeout_s: flo
     each collective give up after timeout_s (a peer that died before joining, or mid-broadcast)."""
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
-    return stateless_init_torch_distributed_process_group(address, port, rank, world_size, BACKEND,
-                                                          timeout=timedelta(seconds=timeout_s))
+    try:
+        return stateless_init_torch_distributed_process_group(address, port, rank, world_size, BACKEND,
+                                                              timeout=timedelta(seconds=timeout_s))
+    except Exception as e:  # (a timeout, a refused connection: torch raises several types)
+        raise TransferBroken(f"the weight-transfer group at {address}:{port} did not form for rank {rank}: {e}") from e
 
 
 def leave(pg) -> None:
@@ -68,9 +73,13 @@ def metadata(weights: dict[str, torch.Tensor]) -> dict:
 def send(pg, weights: dict[str, torch.Tensor], bucket_bytes: int) -> None:
     """Broadcast `weights` from rank 0, one bucket of bytes at a time (CPU tensors)."""
     tensors = [v.detach().contiguous().cpu() for v in weights.values()]
-    for run in buckets([t.numel() * t.element_size() for t in tensors], bucket_bytes):
+    runs = buckets([t.numel() * t.element_size() for t in tensors], bucket_bytes)
+    for b, run in enumerate(runs):
         buf = torch.cat([tensors[i].reshape(-1).view(torch.uint8) for i in run])
-        pg.broadcast(buf, 0).wait()
+        try:
+            pg.broadcast(buf, 0).wait()
+        except RuntimeError as e:
+            raise TransferBroken(f"the weight broadcast broke at bucket {b + 1} of {len(runs)}: {e}") from e
 
 
 def receive(pg, names: list[str], dtypes: list[torch.dtype], shapes: list[list[int]], bucket_bytes: int):

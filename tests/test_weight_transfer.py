@@ -87,7 +87,8 @@ def test_an_engine_that_dies_around_a_sync_is_replaced_with_the_new_weights(ray_
     replaced, and engine 0, alive with its old weights, is loaded again, not replaced. Either way every engine then
     samples alike, and not as before the sync (the test above holds the transfer equal to the object store). A
     learner that fails on its own (its port taken) with every engine well: its error is raised, nothing is
-    replaced, and the next sync works."""
+    replaced, and the next sync works. A learner that fails on its own mid-send (between buckets): its error is
+    raised, though the engines it left mid-load exit, and none is replaced in that call."""
     cfg = LearnerConfig(num_threads=1, micro_batch_size=2, num_cpus=0.25, optim=OptimConfig(lr=1e-2))
     learner = LearnerGroup(cfg, tiny_model_path, cfg, PolicyLossConfig(), None, total_steps=3, max_response_tokens=8)
     fleet = RolloutFleet(RolloutConfig(num_engines=2, weight_sync="transfer", weight_transfer_timeout_s=120,
@@ -137,6 +138,29 @@ def test_an_engine_that_dies_around_a_sync_is_replaced_with_the_new_weights(ray_
         fleet.transfer_weights(learner, "3")
         later = each_engine(fleet)
         assert later[0] == later[1] and later[0] != now[0]
+
+        # the learner fails mid-send on its own (after its first bucket, between broadcasts): its error is raised, not
+        # an engine's, and nothing is replaced in that call; the engines it left mid-load have exited
+        def _fail_after_one_bucket(_learner) -> None:  # in the learner's process: send fails after one bucket
+            from rollout import weight_transfer as wt
+
+            real = wt.send
+
+            def send(pg, weights, bucket_bytes):  # the first bucket broadcast as usual, then an error of its own
+                names = list(weights)
+                first = wt.buckets([v.numel() * v.element_size() for v in weights.values()], bucket_bytes)[0]
+                real(pg, {names[i]: weights[names[i]] for i in first}, bucket_bytes)
+                raise ValueError("the learner could not read bucket 2")
+
+            wt.send = send
+
+        learner.run("update", make_batch(seed=4))
+        fleet.cfg.weight_bucket_mib = 1  # (several buckets)
+        ray_cluster.get(learner.actors[0].__ray_call__.remote(_fail_after_one_bucket))
+        with pytest.raises(ray.exceptions.RayTaskError, match="the learner could not read bucket 2"):
+            fleet.transfer_weights(learner, "4")
+        assert fleet.restarts == 2
+        assert fleet._dead() == [0, 1]  # (the next sync replaces them, as engine 0 at the start of this test)
     finally:
         fleet.shutdown()
         learner.shutdown()
