@@ -60,21 +60,24 @@ def test_an_engine_lost_ahead_drops_those_rollouts_and_a_failure_ahead_keeps_the
         ray_cluster, tiny_model_path, tmp_path, monkeypatch, capsys):
     """While step 2's rollouts are made ahead (during step 1's update) an engine dies: its replacement cannot get
     the weights its peers sample with, so those rollouts are dropped and step 2 is collected after the sync
-    (staleness 0). Making step 4's ahead fails: step 3 is still logged and checkpointed, then the error is raised,
-    and the same command resumes at step 4 (collected after the sync: the checkpoint holds no rollouts ahead)."""
+    (staleness 0). Making step 4's ahead fails after scoring: a stateful reward (ARMed) forgets those scores, step 3
+    is still logged and checkpointed, then the error is raised, and the same command resumes at step 4 (collected
+    after the sync: the checkpoint holds no rollouts ahead)."""
     from rewards import RewardError
     from rl.cli import main
     from rl.train.trainer import Trainer
 
     argv = ["train", "recipes/quickstart.yaml", f"model.path={tiny_model_path}", f"output_dir={tmp_path}/run",
             *TINY_RUN, "trainer.total_steps=4", "trainer.save_every=10", "trainer.max_staleness=1",
-            "rollout.num_engines=2"]
+            "rollout.num_engines=2",
+            "rewards=[{name: math_verify}, {name: armed, weight: 0.5, kwargs: {window: 256}, actor: {replicas: 0}}]"]
     collect = Trainer._collect_ahead
 
     def faulty(self, step):
         if step == 2:
             ray_cluster.kill(self.fleet.actors[1], no_restart=True)
-        if step == 4:
+        if step == 4:  # fails after its rollouts were scored: ARMed saw their scores
+            collect(self, step)
             raise RewardError("the reward service is down")
         return collect(self, step)
 
@@ -97,6 +100,9 @@ def test_an_engine_lost_ahead_drops_those_rollouts_and_a_failure_ahead_keeps_the
     first = PromptSampler(30, data.seed, data.shuffle).next_indices(9)
     assert rows[1] | rows[2] | rows[3] == set(first)  # the dropped rollouts' prompts were drawn again: none skipped
     assert not (run / "checkpoints" / "step_000003" / "rollouts_ahead.pt").exists()
+    # ARMed's window holds the scores of the samples trained on, 12 a step, not those of step 4's dropped rollouts
+    armed = json.loads((run / "checkpoints" / "step_000003" / "trainer_state.json").read_text())["rewards"]["armed"]
+    assert (len(armed["history"]), len(armed["pending"]), armed["step"]) == (24, 12, 3)
 
     monkeypatch.undo()
     main(argv)  # resumes after step 3

@@ -8,6 +8,7 @@ strategy (rollout/strategies.py), and methods that need more than a formula ente
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -225,8 +226,10 @@ class Trainer:
                 batch = Batch.concat([batch, extra]) if extra is not None else batch
             # asynchronous: the engines make step+1's rollouts with the weights before this update (on a thread
             # of its own, which only generates and scores) while the learner trains on this step
-            sampled = self.sampler.state_dict()  # (restored if the rollouts made ahead are dropped)
-            ahead = pool.submit(self._collect_ahead, step + 1) if pool and step < t.total_steps else None
+            ahead, drawn = None, None
+            if pool and step < t.total_steps:
+                drawn = self._draw_state()  # (restored if the rollouts made ahead are dropped)
+                ahead = pool.submit(self._collect_ahead, step + 1)
             kill_point("learn", step)
             with timer("learn"):
                 metrics |= {f"learner/{k}": v for k, v in self.learner.run("update", batch).items()}
@@ -235,8 +238,8 @@ class Trainer:
                 with timer("wait_rollouts"):
                     failed_ahead = ahead.exception()
                 self.ahead = ahead.result() if failed_ahead is None else None
-                if failed_ahead is not None:  # their prompts are drawn again by the step collected after the sync
-                    self.sampler.load_state_dict(sampled)
+                if failed_ahead is not None:  # drawn and scored again by the step collected after the sync
+                    self._load_draw_state(drawn)
                 if isinstance(failed_ahead, ReplacedAhead):
                     print(f"[step {step}] {failed_ahead}", file=sys.stderr, flush=True)
                     failed_ahead = None
@@ -288,6 +291,15 @@ class Trainer:
 
     def resume_hint(self) -> str:
         return self.folder.resume_hint()
+
+    def _draw_state(self) -> dict:
+        """What collecting a step's rollouts changes: the prompt sampler's position and the rewards that keep state
+        (ARMed's window). Rollouts made ahead and then dropped must leave neither moved."""
+        return copy.deepcopy({"sampler": self.sampler.state_dict(), "rewards": self.rewards.state_dict()})
+
+    def _load_draw_state(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.rewards.load_state_dict(state["rewards"])
 
     def _collect_ahead(self, step: int) -> Rollouts:
         """collect_rollouts on the background thread; its phases are logged as time/ahead_<phase> (hidden behind
