@@ -476,6 +476,11 @@ class RewardManager:
                 if label in self._actor_state:
                     fn.load_state_dict(self._actor_state.pop(label))
 
+    def actor_cpus(self) -> dict[str, float]:
+        """{label: the CPUs its Ray actors ask for} of the class-based rewards that run as actors."""
+        return {label: fn.cfg.replicas * fn.cfg.num_cpus for label, fn, _ in self.functions
+                if isinstance(fn, ActorScorer)}
+
     def state_dict(self) -> dict:
         """{label: state} of the rewards that keep state between calls (a moving threshold, say): saved in checkpoints
         so that a resumed run scores as the uninterrupted one would. Must be JSON-serialisable."""

@@ -3,6 +3,8 @@ offline preparation steps."""
 
 from __future__ import annotations
 
+import sys
+
 
 def ray_init_kwargs(rc) -> dict:
     """ray.init arguments: the dashboard is off unless asked for, and then listens on ray.dashboard_host (loopback)."""
@@ -44,6 +46,31 @@ def node_gpus() -> list[int]:
     import ray
 
     return [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def check_cpus(cfg, reward_cpus: dict[str, float]) -> None:
+    """The CPUs the run's actors ask Ray for (learner ranks, engines, class-based rewards: `reward_cpus`, {label:
+    CPUs}) against the cluster's. Ray would leave an actor that finds no CPU waiting forever; on a cluster this process
+    started (one machine) such a run is refused here, naming the keys, before any actor starts. A joined cluster
+    (ray.address) may grow with an autoscaler: there it is one warning line."""
+    import ray
+
+    learner, r = cfg.learner, cfg.rollout
+    parts = {f"learner.num_ranks={learner.num_ranks} x learner.num_cpus={learner.num_cpus}":
+             learner.num_ranks * learner.num_cpus,
+             f"rollout.num_engines={r.num_engines} x rollout.num_cpus_per_engine={r.num_cpus_per_engine}":
+             r.num_engines * r.num_cpus_per_engine,
+             **{f"reward {label!r}: its actor.replicas x actor.num_cpus": c for label, c in reward_cpus.items() if c}}
+    need, have = sum(parts.values()), ray.cluster_resources().get("CPU", 0.0)
+    if need <= have + 1e-9:
+        return
+    msg = (f"the run's actors ask Ray for {need:g} CPUs and this cluster has {have:g} ("
+           + "; ".join(f"{k}: {v:g}" for k, v in parts.items())
+           + "). Lower those keys (a fraction is fine: Ray's CPU count only schedules actors; rollout.num_threads sets "
+           "an engine's threads), or set ray.num_cpus")
+    if cfg.ray.address is None:
+        raise ValueError(msg)
+    print(f"[cluster] warning: {msg}; waiting for the cluster to grow", file=sys.stderr, flush=True)
 
 
 def plan_gpus(cfg):

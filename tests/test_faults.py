@@ -198,6 +198,19 @@ def test_a_run_whose_engines_cannot_start_leaves_nothing_running(ray_cluster, ti
     assert (tmp_path / "run" / "config.yaml").is_file()  # the run folder is kept as it was
 
 
+@pytest.mark.integration
+def test_a_run_that_asks_for_more_cpus_than_the_cluster_has_is_refused_before_any_actor_starts(
+        ray_cluster, tiny_model_path, tmp_path):
+    """Ray leaves an actor that finds no CPU pending forever: 2 engines and the learner (0.5 CPU each) beside a reward
+    actor of 1 CPU hung in the engines' start on a 2-CPU cluster before; now such a run is refused with the keys."""
+    have, before = ray_cluster.cluster_resources()["CPU"], ray_cluster.available_resources().get("CPU", 0)
+    scorer = f"rewards=[{{fn: 'tests.reward_fixtures:LengthScorer', actor: {{replicas: 1, num_cpus: {have}}}}}]"
+    with pytest.raises(ValueError, match=rf"ask Ray for {have + 1.5:g} CPUs and this cluster has {have:g} .*"
+                       r"rollout.num_engines=2 x rollout.num_cpus_per_engine=0.5: 1; reward 'LengthScorer'"):
+        Trainer(_config(tiny_model_path, tmp_path, scorer, "rollout.num_engines=2"))
+    assert ray_cluster.available_resources().get("CPU", 0) >= before  # refused before anything started
+
+
 def test_learner_never_saves_non_finite_weights(tiny_model_path, tmp_path):
     from rl.config.algorithm import PolicyLossConfig
     from rl.train.learner import Learner

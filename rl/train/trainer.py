@@ -26,7 +26,7 @@ from ray.util.placement_group import remove_placement_group
 from transformers import AutoTokenizer
 
 from rewards import RewardError, RewardManager, RewardOutput
-from rl.cluster import gpus_per_actor, plan_gpus, start_ray
+from rl.cluster import check_cpus, gpus_per_actor, plan_gpus, start_ray
 from rl.config import Config, to_dict, to_yaml
 from rl.core.advantages import compute_advantages
 from rl.core.batch import Batch
@@ -161,6 +161,7 @@ class Trainer:
     def _start_cluster(self) -> None:
         cfg = self.cfg
         start_ray(cfg.ray)
+        check_cpus(cfg, self.rewards.actor_cpus())  # a run that cannot fit stops here, not waiting for a CPU forever
         self.rewards.start()  # reward classes become Ray actors: a scorer that cannot start fails before the engines
         plan = plan_gpus(cfg)  # learner and engines on the GPUs: a plan that does not fit stops here
         if plan is not None:
