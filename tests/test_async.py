@@ -1,10 +1,11 @@
-"""Asynchronous training (trainer.max_staleness=1) on the real stack: step s+1's rollouts are sampled by the weights
+"""Asynchronous training (trainer.max_staleness=k) on the real stack: step s+k's rollouts are sampled by the weights
 before step s's update, while the learner trains. (Exact resume of such a run: tests/test_resume_matrix.py, case
 `async`.)"""
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -30,26 +31,29 @@ def test_async_turns_tis_on_unless_given_and_refuses_what_it_cannot_do():
     given = load_config("recipes/quickstart.yaml", ["trainer.max_staleness=1", "algorithm.rollout_correction.name=icepop",
                                                     "algorithm.rollout_correction.low=0.5"])
     assert given.algorithm.rollout_correction.name == "icepop"
-    with pytest.raises(ConfigError, match=r"trainer.max_staleness=2: 0 \(synchronous\) and 1"):
-        load_config("recipes/quickstart.yaml", ["trainer.max_staleness=2"])
+    assert load_config("recipes/quickstart.yaml", ["trainer.max_staleness=3"]).algorithm.rollout_correction.name == "tis"
+    with pytest.raises(ConfigError, match=r"trainer.max_staleness=-1: 0 \(synchronous\) or k >= 1"):
+        load_config("recipes/quickstart.yaml", ["trainer.max_staleness=-1"])
     with pytest.raises(ConfigError, match="max_staleness=1 with rollout.cure"):
         load_config("recipes/quickstart.yaml", ["trainer.max_staleness=1", "rollout.cure.branches=1"])
 
 
 @pytest.mark.integration
-def test_the_next_steps_rollouts_come_from_the_weights_before_the_update(tiny_model_path, tmp_path):
+def test_the_later_steps_rollouts_come_from_the_weights_k_steps_before(tiny_model_path, tmp_path):
+    """trainer.max_staleness=2: during step 1's update the engines make steps 2 and 3 with w_0, during step 2's
+    step 4 with w_1: staleness 0, 1, 2, 2."""
     log = tmp_path / "log.txt"
     # frozen: synchronous, w_0 at every step (an update of lr 1e-30 rounds away in float32)
-    runs = {"async": ["trainer.max_staleness=1"], "frozen": ["learner.optim.lr=1e-30"]}
+    runs = {"async": ["trainer.max_staleness=2"], "frozen": ["learner.optim.lr=1e-30"]}
     for name, extra in runs.items():
-        args = tiny_overrides(tiny_model_path, tmp_path / name, steps=3) + ["trainer.save_every=0"] + extra
+        args = tiny_overrides(tiny_model_path, tmp_path / name, steps=4) + ["trainer.save_every=0"] + extra
         assert run_training(args, log=log) == 0, log.read_text()[-3000:]
     a, frozen = _completions(tmp_path / "async"), _completions(tmp_path / "frozen")
-    # step 2 was sampled during step 1's update, by w_0: what the frozen run (synchronous, w_0 throughout) sampled
-    assert a[1] == frozen[1] and a[2] == frozen[2]
-    assert a[3] != frozen[3]  # step 3 by w_1: the weights were synced after step 1's update
+    # steps 2 and 3 were sampled during step 1's update, by w_0: what the frozen run (w_0 throughout) sampled
+    assert a[1] == frozen[1] and a[2] == frozen[2] and a[3] == frozen[3]
+    assert a[4] != frozen[4]  # step 4 by w_1: the weights were synced after step 1's update
     steps = [r for r in train_steps(tmp_path / "async") if "reward/mean" in r]
-    assert [r["rollout/staleness"] for r in steps] == [0.0, 1.0, 1.0]
+    assert [r["rollout/staleness"] for r in steps] == [0.0, 1.0, 2.0, 2.0]
     assert all(r["learner/rollout_correction/weight_mean"] > 0 for r in steps)
     versions = [json.loads(x)["weight_version"] for x in (tmp_path / "async" / "rollouts.jsonl").read_text().splitlines()]
     assert sorted(set(versions)) == [0, 1] and versions[-1] == 1
@@ -71,17 +75,18 @@ def test_an_engine_lost_ahead_drops_those_rollouts_and_a_failure_ahead_keeps_the
             *TINY_RUN, "trainer.total_steps=4", "trainer.save_every=10", "trainer.max_staleness=1",
             "rollout.num_engines=2",
             "rewards=[{name: math_verify}, {name: armed, weight: 0.5, kwargs: {window: 256}, actor: {replicas: 0}}]"]
-    collect = Trainer._collect_ahead
+    collect = Trainer.collect_rollouts
 
-    def faulty(self, step):
-        if step == 2:
+    def faulty(self, step, timer):
+        ahead = threading.get_ident() == self._ahead_thread
+        if ahead and step == 2:
             ray_cluster.kill(self.fleet.actors[1], no_restart=True)
-        if step == 4:  # fails after its rollouts were scored: ARMed saw their scores
-            collect(self, step)
+        if ahead and step == 4:  # fails after its rollouts were scored: ARMed saw their scores
+            collect(self, step, timer)
             raise RewardError("the reward service is down")
-        return collect(self, step)
+        return collect(self, step, timer)
 
-    monkeypatch.setattr(Trainer, "_collect_ahead", faulty)
+    monkeypatch.setattr(Trainer, "collect_rollouts", faulty)
     with pytest.raises(SystemExit):
         main(argv)
     err = capsys.readouterr().err

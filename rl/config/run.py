@@ -34,9 +34,9 @@ class TrainerConfig:
     # model does
     max_bad_steps: int = field(default=3, metadata=ANY_ON_RESUME)  # stop after this many optimizer steps in a row
     # skipped for non-finite loss/gradients
-    max_staleness: int = 0  # 0: synchronous (generate, then update, then sync); 1: the engines generate step s+1's
-    # batch with the weights before step s while the learner trains on step s (asynchronous, one step stale; turns
-    # algorithm.rollout_correction on when it is not set)
+    max_staleness: int = 0  # 0: synchronous (generate, then update, then sync); k >= 1: the engines generate step
+    # s+k's batch with the weights before step s while the learner trains on step s (asynchronous, up to k steps
+    # stale; turns algorithm.rollout_correction on when it is not set)
 
     def check(self, key: str) -> None:
         check(self.total_steps >= 1, f"{key}.total_steps must be >= 1")
@@ -44,8 +44,8 @@ class TrainerConfig:
         check(self.eval_every >= 0 and self.save_every >= 0, f"{key}.eval_every and {key}.save_every must be >= 0")
         check(self.keep_checkpoints >= 1, f"{key}.keep_checkpoints must be >= 1")
         check(self.max_bad_steps >= 1, f"{key}.max_bad_steps must be >= 1")
-        check(self.max_staleness in (0, 1), f"{key}.max_staleness={self.max_staleness}: 0 (synchronous) and 1 (one "
-              "step ahead) are built; deeper pipelines are not yet")
+        check(self.max_staleness >= 0, f"{key}.max_staleness={self.max_staleness}: 0 (synchronous) or k >= 1 (the "
+              "engines sample step s+k while the learner trains on step s)")
 
 
 @dataclass
@@ -113,8 +113,9 @@ def validate(cfg: Config) -> None:
     r.check_dtype("rollout")
     t.check("trainer")
     check(t.max_staleness == 0 or r.cure is None,
-          "trainer.max_staleness=1 with rollout.cure: CURE's branching asks the learner for the entropy of the policy "
-          "that sampled, which the learner has already updated; use trainer.max_staleness=0 with CURE")
+          f"trainer.max_staleness={t.max_staleness} with rollout.cure: CURE's branching asks the learner for the "
+          "entropy of the policy that sampled, which the learner has already updated; use trainer.max_staleness=0 "
+          "with CURE")
     check(r.max_engine_restarts >= 0, "rollout.max_engine_restarts must be >= 0")
     if (at := r.adaptive_thinking) is not None:
         check(r.sampling.n >= 2, "rollout.adaptive_thinking splits each group in two halves: rollout.sampling.n >= 2")

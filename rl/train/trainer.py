@@ -48,13 +48,13 @@ from rollout.fleet import RolloutFleet
 from rollout.strategies import make_strategy
 
 
-AHEAD_FILE = "rollouts_ahead.pt"  # in a checkpoint of an asynchronous run: the next step's batch, already made
+AHEAD_FILE = "rollouts_ahead.pt"  # in a checkpoint of an asynchronous run: the next steps' batches, already made
 
 
 class ReplacedAhead(Exception):
-    """An engine was replaced while the next step's rollouts were made ahead: the learner is mid-update, so the
+    """An engine was replaced while a later step's rollouts were made ahead: the learner is mid-update, so the
     replacement cannot get the weights its peers sample with; those rollouts are dropped and the step is collected
-    after the sync (with the new weights, staleness 0)."""
+    after the sync (with the new weights)."""
 
 
 @dataclass
@@ -111,9 +111,9 @@ class Trainer:
                                      entropy=lambda samples: self.ctx.learner.entropy(samples, self.pad_id))
         self.sampler = PromptSampler(len(self.train_rows), cfg.data.seed, cfg.data.shuffle)
         self.step, self.bad_steps, self.start_results, self._last_failure = 0, 0, None, ""
-        self.ahead: Rollouts | None = None  # trainer.max_staleness=1: the next step's rollouts, made during this one
-        self.pool: ThreadPoolExecutor | None = None  # ... on this thread
-        self._ahead_thread: int | None = None
+        self.ahead: list[Rollouts] = []  # trainer.max_staleness=k: the rollouts of steps self.step+1.. (up to k),
+        self.pool: ThreadPoolExecutor | None = None  # made ahead on this thread
+        self._ahead_thread, self._ahead_step = None, 0
         if self.resume_from is not None:
             self._restore(load_trainer_state(self.resume_from))
         self.folder.check_disk(self.model_path)
@@ -156,7 +156,9 @@ class Trainer:
         self.rewards.load_state_dict(state.get("rewards") or {})
         self.start_results = state.get("start_results")
         if (self.resume_from / AHEAD_FILE).is_file():
-            self.ahead = Rollouts.from_state_dict(torch.load(self.resume_from / AHEAD_FILE, weights_only=True))
+            saved = torch.load(self.resume_from / AHEAD_FILE, weights_only=True)
+            saved = saved["steps"] if "steps" in saved else [saved]  # (one Rollouts: a checkpoint before k > 1)
+            self.ahead = [Rollouts.from_state_dict(x) for x in saved]
 
     def _start_cluster(self) -> None:
         cfg = self.cfg
@@ -190,7 +192,7 @@ class Trainer:
         """A replaced engine loads the learner's current weights, which are those its peers sample with, except
         while rollouts are made ahead (the learner is mid-update): then those rollouts are dropped."""
         if threading.get_ident() == self._ahead_thread:
-            raise ReplacedAhead(f"{len(engines)} engine(s) replaced while step {self.step + 2}'s rollouts were made "
+            raise ReplacedAhead(f"{len(engines)} engine(s) replaced while step {self._ahead_step}'s rollouts were made "
                                 "ahead; collecting them after the sync instead")
         self.fleet.sync_weights(self.learner, str(self.step), engines)
 
@@ -213,8 +215,9 @@ class Trainer:
         self.pool = pool = ThreadPoolExecutor(1, thread_name_prefix="rollouts-ahead") if t.max_staleness else None
         for step in range(self.step + 1, t.total_steps + 1):
             timer = StepTimer()
-            rollouts = self.ahead or self.collect_rollouts(step, timer)  # generate + score (+ groups methods drop)
-            self.ahead, batch, metrics = None, rollouts.batch, rollouts.metrics
+            # generate + score (+ groups methods drop), or the rollouts made ahead for this step
+            rollouts = self.ahead.pop(0) if self.ahead else self.collect_rollouts(step, timer)
+            batch, metrics = rollouts.batch, rollouts.metrics
             metrics["rollout/staleness"] = float(step - 1 - rollouts.weight_version)
             write_rollouts(self.run_dir / "rollouts.jsonl", step, rollouts.groups, rollouts.weight_version)
             with timer("advantage"):
@@ -225,22 +228,19 @@ class Trainer:
             for m in self.methods.having("extra_rows"):  # rows for a method's own loss term only
                 extra = m.extra_rows(step)
                 batch = Batch.concat([batch, extra]) if extra is not None else batch
-            # asynchronous: the engines make step+1's rollouts with the weights before this update (on a thread
-            # of its own, which only generates and scores) while the learner trains on this step
-            ahead, drawn = None, None
-            if pool and step < t.total_steps:
-                drawn = self._draw_state()  # (restored if the rollouts made ahead are dropped)
-                ahead = pool.submit(self._collect_ahead, step + 1)
+            # asynchronous: the engines make the rollouts of step+k (of step+1..step+k at the start) with the
+            # weights before this update (on a thread of its own, which only generates and scores) while the
+            # learner trains on this step
+            later = range(step + 1 + len(self.ahead), min(step + t.max_staleness, t.total_steps) + 1)
+            ahead = pool.submit(self._collect_ahead, later) if pool and later else None
             kill_point("learn", step)
             with timer("learn"):
                 metrics |= {f"learner/{k}": v for k, v in self.learner.run("update", batch).items()}
             failed_ahead = None  # (raised once this step is logged and checkpointed: it is not lost with it)
             if ahead is not None:  # (before the sync: the engines change weights only between two steps' rollouts)
                 with timer("wait_rollouts"):
-                    failed_ahead = ahead.exception()
-                self.ahead = ahead.result() if failed_ahead is None else None
-                if failed_ahead is not None:  # drawn and scored again by the step collected after the sync
-                    self._load_draw_state(drawn)
+                    made, failed_ahead = ahead.result()
+                self.ahead += made
                 if isinstance(failed_ahead, ReplacedAhead):
                     print(f"[step {step}] {failed_ahead}", file=sys.stderr, flush=True)
                     failed_ahead = None
@@ -302,14 +302,22 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.rewards.load_state_dict(state["rewards"])
 
-    def _collect_ahead(self, step: int) -> Rollouts:
-        """collect_rollouts on the background thread; its phases are logged as time/ahead_<phase> (hidden behind
-        the learner's update, unlike the time/<phase> of the step's own)."""
-        timer = StepTimer()
-        self._ahead_thread = threading.get_ident()
-        rollouts = self.collect_rollouts(step, timer)
-        rollouts.metrics |= {f"time/ahead_{k}": v for k, v in timer.phases.items()}
-        return rollouts
+    def _collect_ahead(self, steps: range) -> tuple[list[Rollouts], BaseException | None]:
+        """collect_rollouts of `steps` on the background thread, in order; their phases are logged as
+        time/ahead_<phase> (hidden behind the learner's update, unlike the time/<phase> of the step's own). Returns
+        the rollouts made and the failure that stopped the rest: the failed step's draw (its prompts, what stateful
+        rewards saw of its scores) is undone, so the step collected after the sync draws and scores it again."""
+        self._ahead_thread, made = threading.get_ident(), []
+        for step in steps:
+            timer, drawn, self._ahead_step = StepTimer(), self._draw_state(), step
+            try:
+                rollouts = self.collect_rollouts(step, timer)
+            except Exception as e:
+                self._load_draw_state(drawn)
+                return made, e
+            rollouts.metrics |= {f"time/ahead_{k}": v for k, v in timer.phases.items()}
+            made.append(rollouts)
+        return made, None
 
     def collect_rollouts(self, step: int, timer: StepTimer) -> Rollouts:
         """Sample prompts, generate n responses each (the rollout strategy), score them; a method's keep_group may
@@ -432,8 +440,8 @@ class Trainer:
         def write(folder: Path) -> None:
             self.learner.run("save", str(folder))
             self.tokenizer.save_pretrained(folder / "model")
-            if self.ahead is not None:  # made from weights this checkpoint does not hold: saved, not regenerated
-                torch.save(self.ahead.state_dict(), folder / AHEAD_FILE)
+            if self.ahead:  # made from weights this checkpoint does not hold: saved, not regenerated
+                torch.save({"steps": [x.state_dict() for x in self.ahead]}, folder / AHEAD_FILE)
 
         return save_checkpoint(self.run_dir / "checkpoints", step, write, state, to_yaml(self.cfg),
                                self.cfg.trainer.keep_checkpoints)
