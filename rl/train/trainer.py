@@ -302,7 +302,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.rewards.load_state_dict(state["rewards"])
 
-    def _collect_ahead(self, steps: range) -> tuple[list[Rollouts], BaseException | None]:
+    def _collect_ahead(self, steps: range) -> tuple[list[Rollouts], Exception | None]:
         """collect_rollouts of `steps` on the background thread, in order; their phases are logged as
         time/ahead_<phase> (hidden behind the learner's update, unlike the time/<phase> of the step's own). Returns
         the rollouts made and the failure that stopped the rest: the failed step's draw (its prompts, what stateful
