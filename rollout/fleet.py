@@ -77,7 +77,8 @@ class RolloutFleet:
     replaced, loaded with the current weights, and given its unfinished prompts again; seeds are per prompt, so the
     redone samples are the ones the dead engine would have returned, and none is lost or counted twice."""
 
-    def __init__(self, cfg: RolloutConfig, model_path: str, seed: int = 0, wait: bool = True):
+    def __init__(self, cfg: RolloutConfig, model_path: str, seed: int = 0, wait: bool = True,
+                 learner_gpus: float = 0):
         if cfg.engine not in ENGINES:
             raise ValueError(f"rollout.engine={cfg.engine!r}; choose one of {sorted(ENGINES)}")
         self.cfg, self.model_path = cfg, model_path
@@ -91,6 +92,12 @@ class RolloutFleet:
         else:
             self.weight_sync = cfg.weight_sync
         transfer = self.weight_sync == "transfer"
+        # (learner_gpus: a learner rank's GPUs, which the transfer backend needs to know; 0 where no learner syncs)
+        self.transport = None
+        if transfer:
+            from rollout.weight_transfer import choose
+
+            self.transport = choose(cfg.weight_transfer_backend, gpus, learner_gpus)
         if gpus:  # reload_weights through collective_rpc needs the engine core in-process
             env = {} if transfer else {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         else:
@@ -105,7 +112,7 @@ class RolloutFleet:
                 enforce_eager=cfg.enforce_eager,
                 tensor_parallel_size=tp,
                 seed=seed,
-                weight_transfer=transfer,
+                weight_transfer=self.transport.name if transfer else None,
             )
         # loads the current weights into the given engine actors (the trainer points it at the learner): what a
         # replacement engine gets; None: the replacement keeps the weights of model_path
@@ -214,9 +221,11 @@ class RolloutFleet:
             ray.get([e.update_weights.remote(ref) for e in actors])
 
     def transfer_weights(self, learner, version: str, actors: list | None = None) -> None:
-        """The learner's weights into the engines (all, or `actors`) through vLLM's weight-transfer API: one gloo
-        group of the learner's rank 0 and the engines for this sync (rollout/weight_transfer.py), so a replaced
-        engine needs nothing special. `learner`: rl.train.learner_group.LearnerGroup.
+        """The learner's weights into the engines (all, or `actors`) through vLLM's weight-transfer API: one group
+        of the learner's rank 0 and the engines for this sync, over rollout.weight_transfer_backend
+        (rollout/weight_transfer.py), so a replaced engine needs nothing special. `learner`:
+        rl.train.learner_group.LearnerGroup. What follows holds for gloo, whose waits give up; over nccl a sync that
+        does not finish within the timeout stops the run.
 
         Failures, by who failed:
         - an engine found dead before the group forms: replaced first, and the replacement joins the group;
@@ -237,12 +246,20 @@ class RolloutFleet:
         address, port = learner.endpoint()
         tp = self.cfg.tensor_parallel_size  # (every worker of an engine joins: it loads its shard of the whole)
         world = 1 + len(actors) * tp
-        meta = learner.weight_metadata(self.cfg.dtype) | {"bucket_bytes": self.cfg.weight_bucket_mib << 20}
-        timeout = self.cfg.weight_transfer_timeout_s
-        receiving = [a.receive_weights.remote(dict(master_address=address, master_port=port, rank_offset=1 + i * tp,
-                                                   world_size=world, timeout_s=timeout), meta, version)
-                     for i, a in enumerate(actors)]
-        sending = learner.broadcast(address, port, world, self.cfg.dtype, meta["bucket_bytes"], timeout)
+        t, bucket = self.transport, self.cfg.weight_bucket_mib << 20
+        meta, timeout = learner.weight_metadata(self.cfg.dtype), self.cfg.weight_transfer_timeout_s
+        receiving = [a.receive_weights.remote(t.engine_init(address, port, 1 + i * tp, world, timeout, bucket),
+                                              t.update_info(meta, bucket), version) for i, a in enumerate(actors)]
+        sending = learner.broadcast(address, port, world, self.cfg.dtype, bucket, timeout, t.name)
+        if not t.gives_up:  # (NCCL waits forever for a peer that died: the whole sync is bounded here instead)
+            everything = receiving + sending
+            done, _ = ray.wait(everything, num_returns=len(everything), timeout=timeout)
+            if len(done) < len(everything):
+                raise RuntimeError(
+                    f"the weight sync over {t.name} did not finish in rollout.weight_transfer_timeout_s={timeout} s "
+                    f"({len(everything) - len(done)} of {len(everything)} ends still waiting); {t.name} cannot give up "
+                    "on a peer that died mid-broadcast, so the run stops here (its last checkpoint is intact). "
+                    "rollout.weight_transfer_backend=gloo replaces such engines and goes on")
         died, unloaded = [], []  # (actor, error): its actor is gone / it lives, its receive raised
         for actor, ref in zip(actors, receiving):
             try:

@@ -40,15 +40,16 @@ class VLLMEngine(RolloutEngine):
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool = True,
         seed: int = 0,
-        weight_transfer: bool = False,
+        weight_transfer: str | None = None,
         tensor_parallel_size: int = 1,
     ):
         from vllm import LLM
 
         extra = {}
-        if weight_transfer:  # rollout/weight_transfer.py: the "gloo" backend, registered in each worker process
-            extra.update(weight_transfer_config={"backend": "gloo"},
-                         worker_extension_cls="rollout.weight_transfer.WorkerExtension")
+        if weight_transfer:  # its backend (rollout/weight_transfer.py); ours, "gloo", registered in each worker process
+            extra.update(weight_transfer_config={"backend": weight_transfer})
+            if weight_transfer == "gloo":
+                extra.update(worker_extension_cls="rollout.weight_transfer.WorkerExtension")
         if tensor_parallel_size > 1:  # the workers in processes of this actor, on the GPUs Ray gave it (one node)
             extra.update(tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="mp")
         if not torch.cuda.is_available():

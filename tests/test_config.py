@@ -42,6 +42,8 @@ def test_overrides_apply_with_types():
         ("trainer.total_steps", "key=value"),
         ("learner.num_ranks=0", "learner.num_ranks"),
         ("rollout.weight_sync=nccl", "rollout.weight_sync"),
+        ("rollout.weight_transfer_backend=ucx", "rollout.weight_transfer_backend"),
+        (["rollout.weight_sync=object_store", "rollout.weight_transfer_backend=nccl"], "rollout.weight_sync=transfer"),
         ("rollout.tensor_parallel_size=0", "rollout.tensor_parallel_size"),
         (["rollout.tensor_parallel_size=2", "rollout.num_gpus_per_engine=1"], "rollout.num_gpus_per_engine"),
         ("learner.offload=true", "learner.num_ranks > 1"),
@@ -207,6 +209,7 @@ def test_harmless_keys_on_resume_come_from_field_metadata():
         "learner.gradient_checkpointing", "learner.head_chunk_tokens", "learner.max_tokens_per_micro_batch",
         "learner.share_prompts", "learner.pack_max_tokens", "learner.num_ranks", "learner.offload",
         "rollout.weight_sync", "rollout.tensor_parallel_size", "rollout.weight_bucket_mib", "rollout.weight_transfer_timeout_s",
+        "rollout.weight_transfer_backend",
         "reward_policy.timeout_s",
         "rollout.dtype", "learner.mixed_precision"}
     old = to_dict(load_config("recipes/quickstart.yaml"))

@@ -12,13 +12,14 @@ import socket
 import psutil
 import pytest
 import ray
+import torch
 
 from rl.config.algorithm import PolicyLossConfig
 from rl.config.learner import LearnerConfig, OptimConfig
 from rl.config.rollout import RolloutConfig, SamplingConfig
 from rl.train.learner_group import LearnerGroup
 from rollout.fleet import RolloutFleet
-from rollout.weight_transfer import buckets
+from rollout.weight_transfer import NCCL_BUFFERS, TRANSPORTS, _engine_class, buckets, choose
 from tests.test_learner import make_batch
 
 pytestmark = pytest.mark.integration
@@ -34,6 +35,35 @@ def tokens(fleet: RolloutFleet) -> list[list[int]]:
 def test_buckets_split_at_the_limit():
     assert buckets([4, 4, 4, 10, 1], 8) == [[0, 1], [2], [3], [4]]
     assert buckets([], 8) == []
+
+
+def test_each_backend_s_messages_are_what_its_vllm_engine_parses():
+    """The init and update info the fleet builds for each backend are accepted by the engine class vLLM runs for it
+    (our gloo engine; vLLM's own NCCLWeightTransferEngine), and nccl's packing geometry is the learner's."""
+    from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
+
+    meta = {"names": ["a", "b"], "dtype_names": ["bfloat16", "float32"], "shapes": [[2, 3], [4]]}
+    engines = {"gloo": _engine_class(), "nccl": NCCLWeightTransferEngine}
+    assert set(engines) == set(TRANSPORTS)
+    for name, t in TRANSPORTS.items():
+        cls = engines[name]
+        init = cls.init_info_cls(**t.engine_init("10.0.0.1", 29500, 3, 5, 60.0, 1 << 20))
+        assert (init.master_address, init.master_port, init.rank_offset, init.world_size) == ("10.0.0.1", 29500, 3, 5)
+        update = cls.update_info_cls(**t.update_info(meta, 1 << 20))
+        assert (update.names, update.dtype_names, update.shapes) == (meta["names"], meta["dtype_names"],
+                                                                     meta["shapes"])
+    nccl = NCCLWeightTransferEngine.init_info_cls(**TRANSPORTS["nccl"].engine_init("h", 1, 1, 2, 60.0, 1 << 20))
+    assert (nccl.packed, nccl.packed_buffer_size_bytes, nccl.packed_num_buffers) == (True, 1 << 20, NCCL_BUFFERS)
+    with pytest.raises(TypeError):  # (what the check above guards: an update key the engine does not know)
+        NCCLWeightTransferEngine.update_info_cls(**TRANSPORTS["gloo"].update_info(meta, 1 << 20))
+
+
+def test_the_backend_is_nccl_only_between_gpus():
+    assert [choose("auto", e, l).name for e, l in ((0, 0), (1, 0), (0, 1), (1, 1))] == ["gloo", "gloo", "gloo", "nccl"]
+    assert choose("gloo", 1, 1).name == "gloo"
+    for engines, learner, who in ((0, 1, "engines"), (1, 0, "learner")):
+        with pytest.raises(ValueError, match=f"{who} ha.* no GPU.*rollout.weight_transfer_backend=gloo"):
+            choose("nccl", engines, learner)
 
 
 def test_transfer_into_multiprocess_engines_equals_the_object_store(ray_cluster, tiny_model_path):
@@ -146,10 +176,11 @@ def test_an_engine_that_dies_around_a_sync_is_replaced_with_the_new_weights(ray_
 
             real = wt.send
 
-            def send(pg, weights, bucket_bytes):  # the first bucket broadcast as usual, then an error of its own
-                names = list(weights)
-                first = wt.buckets([v.numel() * v.element_size() for v in weights.values()], bucket_bytes)[0]
-                real(pg, {names[i]: weights[names[i]] for i in first}, bucket_bytes)
+            def send(pg, weights, meta, bucket_bytes):  # the first bucket broadcast as usual, then an error of its own
+                first = wt.buckets(wt.sizes(meta), bucket_bytes)[0]
+                stream = iter(weights)
+                real(pg, [next(stream) for _ in first], {k: [v[i] for i in first] for k, v in meta.items()},
+                     bucket_bytes)
                 raise ValueError("the learner could not read bucket 2")
 
             wt.send = send
@@ -161,6 +192,32 @@ def test_an_engine_that_dies_around_a_sync_is_replaced_with_the_new_weights(ray_
             fleet.transfer_weights(learner, "4")
         assert fleet.restarts == 2
         assert fleet._dead() == [0, 1]  # (the next sync replaces them, as engine 0 at the start of this test)
+    finally:
+        fleet.shutdown()
+        learner.shutdown()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="vLLM's nccl backend needs 2 GPUs (a learner and an engine)")
+def test_nccl_transfer_from_the_learner_s_gpu_into_an_engine_s(ray_cluster, tiny_model_path):
+    """On a GPU node (never run here: no GPU with vLLM): a learner on one GPU streams its weights over vLLM's nccl
+    backend into an engine on another; the engine then samples otherwise, and a fresh learner's sync (the
+    original weights) restores the engine's first samples exactly."""
+    cfg = LearnerConfig(micro_batch_size=2, num_gpus=1, optim=OptimConfig(lr=1e-2))
+    fleet = RolloutFleet(RolloutConfig(num_engines=1, weight_sync="transfer", weight_transfer_backend="nccl",
+                                       dtype="float32", max_model_len=256, gpu_memory_utilization=0.3),
+                         tiny_model_path, learner_gpus=1)
+    learner = LearnerGroup(cfg, tiny_model_path, cfg, PolicyLossConfig(), None, total_steps=2, max_response_tokens=8)
+    try:
+        assert fleet.transport.name == "nccl"
+        before = tokens(fleet)
+        learner.run("update", make_batch(seed=1))
+        fleet.transfer_weights(learner, "1")
+        assert tokens(fleet) != before
+        learner.shutdown()
+        learner = LearnerGroup(cfg, tiny_model_path, cfg, PolicyLossConfig(), None, total_steps=2,
+                               max_response_tokens=8)
+        fleet.transfer_weights(learner, "0")
+        assert tokens(fleet) == before
     finally:
         fleet.shutdown()
         learner.shutdown()

@@ -103,6 +103,7 @@ class AdaptiveThinkingConfig:
 
 
 WEIGHT_SYNCS = ("auto", "object_store", "transfer")  # rollout.weight_sync
+TRANSFER_BACKENDS = ("auto", "gloo", "nccl")  # rollout.weight_transfer_backend (rollout/weight_transfer.py TRANSPORTS)
 
 
 @dataclass
@@ -129,6 +130,9 @@ class RolloutConfig:
     # the learner broadcasts byte buckets, only names and shapes cross vLLM's RPC; the engine core runs in a process
     # of its own, vLLM's GPU default, on CPU too). auto: transfer when the engines have GPUs, else object_store.
     # rollout/weight_transfer.py
+    weight_transfer_backend: str = field(default="auto", metadata=ANY_ON_RESUME)  # transfer: "gloo" (ours: host
+    # memory over TCP, any device; what the CPU tests run) or "nccl" (vLLM's built-in backend, GPU to GPU; learner and
+    # engines on GPUs of their own). auto: nccl when both the learner and the engines have GPUs, else gloo
     weight_bucket_mib: int = field(default=1024, metadata=ANY_ON_RESUME)  # transfer: bytes broadcast at a time
     weight_transfer_timeout_s: float = field(default=300.0, metadata=ANY_ON_RESUME)  # transfer: how long the group's
     # rendezvous and a broadcast wait for an engine before the sync gives up on it (and replaces it)
@@ -160,6 +164,11 @@ class RolloutConfig:
               f"{list(WEIGHT_SYNCS)}")
         check(self.weight_sync != "transfer" or self.engine == "vllm",
               f"{key}.weight_sync=transfer is vLLM's weight-transfer API: it needs {key}.engine=vllm")
+        check(self.weight_transfer_backend in TRANSFER_BACKENDS, f"{key}.weight_transfer_backend="
+              f"{self.weight_transfer_backend!r}; choose one of {list(TRANSFER_BACKENDS)}")
+        check(self.weight_transfer_backend == "auto" or self.weight_sync != "object_store",
+              f"{key}.weight_transfer_backend={self.weight_transfer_backend} is a backend of weight_sync=transfer and "
+              f"{key}.weight_sync=object_store: set {key}.weight_sync=transfer, or remove the backend")
         tp = self.tensor_parallel_size
         check(tp >= 1, f"{key}.tensor_parallel_size={tp}: must be >= 1")
         check(tp == 1 or self.engine == "vllm", f"{key}.tensor_parallel_size={tp} needs {key}.engine=vllm")

@@ -319,15 +319,18 @@ class Learner:
                 total[k] += v
         return total, torch.cat([h for _, h, _ in parts]), [sum(r[i] for _, _, r in parts) for i in (0, 1)]
     # -- weights out ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _gathered(weights: dict, cast: torch.dtype | None):
+        """(name, tensor) of `weights`, one at a time on this rank's device, cast to `cast`. With several ranks each
+        is gathered in turn: every rank iterates, in step."""
+        for k, v in weights.items():
+            v = full_tensor(v.detach())
+            yield k, (v.to(cast) if cast is not None else v)
+
     def export_weights(self, dtype: str | None = None) -> dict[str, torch.Tensor] | None:
         """The policy's state dict on CPU (cast to the engines' dtype), for weight sync. With several ranks each
         parameter is gathered in turn (every rank calls this) and rank 0 returns the dict, the others None."""
-        weights, cast = self._weights_out(dtype)
-        out = {}
-        for k, v in weights.items():
-            v = full_tensor(v.detach())
-            if self.rank == 0:
-                out[k] = (v.to(cast) if cast is not None else v).cpu()
+        out = {k: v.cpu() for k, v in self._gathered(*self._weights_out(dtype)) if self.rank == 0}
         return out if self.rank == 0 else None
 
     def _weights_out(self, dtype: str | None) -> tuple[dict, torch.dtype | None]:
@@ -337,25 +340,35 @@ class Learner:
 
     def weight_metadata(self, dtype: str | None = None) -> dict:
         """What export_weights returns, without the values: names, dtype names and shapes (global shapes)."""
-        weights, cast = self._weights_out(dtype)
+        return self._metadata(*self._weights_out(dtype))
+
+    @staticmethod
+    def _metadata(weights: dict, cast: torch.dtype | None) -> dict:
         return {"names": list(weights), "dtype_names": [str(cast or v.dtype).removeprefix("torch.")
                                                           for v in weights.values()],
                 "shapes": [list(v.shape) for v in weights.values()]}
 
     def broadcast_weights(self, address: str, port: int, world_size: int, dtype: str | None, bucket_bytes: int,
-                          timeout_s: float) -> None:
-        """Weight sync through vLLM's weight-transfer API: every rank gathers the weights (export_weights), rank 0
-        joins the engines' transfer group as its rank 0 and broadcasts them (rollout/weight_transfer.py); the group's
-        rendezvous and each broadcast give up after timeout_s."""
-        weights = self.export_weights(dtype)
-        if self.rank == 0:
-            from rollout.weight_transfer import join, leave, send
+                          timeout_s: float, backend: str = "gloo") -> None:
+        """Weight sync through vLLM's weight-transfer API: rank 0 joins the engines' transfer group as its rank 0 and
+        streams the weights into it as they are gathered, over `backend` (rollout/weight_transfer.py:
+        gloo's rendezvous and broadcasts give up after timeout_s); the other ranks take part in the gathers."""
+        weights, cast = self._weights_out(dtype)
+        stream = self._gathered(weights, cast)
+        try:
+            if self.rank == 0:
+                from rollout.weight_transfer import TRANSPORTS
 
-            pg = join(address, port, world_size, timeout_s=timeout_s)
-            try:
-                send(pg, weights, bucket_bytes)
-            finally:
-                leave(pg)
+                transport = TRANSPORTS[backend]
+                group = transport.join(address, port, world_size, timeout_s)
+                try:
+                    transport.send(group, stream, self._metadata(weights, cast), bucket_bytes)
+                finally:
+                    transport.leave(group)
+        finally:  # every rank runs every gather, whatever happened on rank 0 (the others wait in the next one)
+            if self.world > 1:
+                for _ in stream:
+                    pass
 
     def nonfinite_parameters(self) -> list[str]:
         local = [n for n, p in self.model.named_parameters()

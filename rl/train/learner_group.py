@@ -128,9 +128,9 @@ class LearnerGroup:
         return self._metadata[1]
 
     def broadcast(self, address: str, port: int, world_size: int, dtype: str | None, bucket_bytes: int,
-                  timeout_s: float) -> list["ray.ObjectRef"]:
-        """Every rank gathers the weights; rank 0 joins the transfer group and broadcasts them."""
-        return self.submit("broadcast_weights", address, port, world_size, dtype, bucket_bytes, timeout_s)
+                  timeout_s: float, backend: str = "gloo") -> list["ray.ObjectRef"]:
+        """Every rank gathers the weights; rank 0 joins the transfer group and streams them over `backend`."""
+        return self.submit("broadcast_weights", address, port, world_size, dtype, bucket_bytes, timeout_s, backend)
 
     def shutdown(self) -> None:
         for a in self.actors:

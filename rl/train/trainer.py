@@ -173,7 +173,8 @@ class Trainer:
         # the rollout engines start first: on a GPU node they take their share of memory before the learner starts;
         # on CPU nodes (no such race) the learner starts while they load
         on_gpu = gpus_per_actor(cfg.rollout.num_gpus_per_engine) > 0
-        self.fleet = RolloutFleet(cfg.rollout, self.model_path, seed=cfg.seed, wait=on_gpu)
+        self.fleet = RolloutFleet(cfg.rollout, self.model_path, seed=cfg.seed, wait=on_gpu,
+                                  learner_gpus=gpus_per_actor(cfg.learner.num_gpus))
         policy = str(self.resume_from / "model") if self.resume_from is not None else self.model_path
         self.learner = LearnerGroup(  # learner.num_ranks actors, one FSDP2 shard each
             cfg.learner, policy, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl, total_steps=cfg.trainer.total_steps,
