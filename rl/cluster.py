@@ -41,11 +41,42 @@ def engine_gpus(rc) -> float:
     return gpus_per_actor(rc.num_gpus_per_engine) * (rc.tensor_parallel_size if rc.num_gpus_per_engine is None else 1)
 
 
-def node_gpus() -> list[int]:
-    """The GPU count of each live node of the cluster, in Ray's node order."""
+def node_gpus() -> list[tuple[str, int]]:
+    """(Ray node id, GPUs free now) of each live node, in Ray's node order. Free: held by no actor or placement group,
+    another job's on a shared cluster included (Ray has no public per-node reading of that; without it, the total)."""
     import ray
 
-    return [int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    try:
+        from ray._private.state import available_resources_per_node
+
+        free = available_resources_per_node()
+    except (ImportError, AttributeError):  # (another Ray: plan on the totals, a busy GPU then waits in reserve)
+        free = None
+    return [(n["NodeID"], int((free.get(n["NodeID"], {}) if free is not None else n["Resources"]).get("GPU", 0)))
+            for n in ray.nodes() if n.get("Alive")]
+
+
+PLACEMENT_TIMEOUT_S = 120
+NODE_LABEL = "ray.io/node-id"  # every Ray node carries its id as this label
+
+
+def reserve(bundles: list[dict], nodes: list[str] | None, what: str, fix: str):
+    """A placement group of `bundles` (PACK: onto as few nodes as they fit), bundle i on Ray node `nodes[i]` when
+    given (the placement plan's: rl/train/placement.py), reserved now. Its actors then start in their bundles
+    (PlacementGroupSchedulingStrategy), a replacement in the bundle of the actor it replaces. RuntimeError naming
+    `what` and the keys in `fix` when the cluster cannot place it within PLACEMENT_TIMEOUT_S."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    labels = [{NODE_LABEL: n} for n in nodes] if nodes is not None else None
+    pg = placement_group(bundles, strategy="PACK", bundle_label_selector=labels)
+    ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
+    if not ready:
+        remove_placement_group(pg)
+        where = " on the planned nodes" if nodes is not None else ""
+        raise RuntimeError(f"the cluster cannot place {what}{where} within {PLACEMENT_TIMEOUT_S} s (it has "
+                           f"{ray.available_resources()} free): {fix}")
+    return pg
 
 
 def check_cpus(cfg, reward_cpus: dict[str, float]) -> None:
@@ -74,14 +105,18 @@ def check_cpus(cfg, reward_cpus: dict[str, float]) -> None:
 
 
 def plan_gpus(cfg):
-    """The placement plan (rl/train/placement.py) of the run's learner ranks and engines on this cluster's GPUs;
-    PlacementError, naming the keys, when they do not fit. None on a CPU cluster, or when an actor asks for a
-    fraction of a GPU (GPUs shared on purpose: Ray places those)."""
+    """The placement plan (rl/train/placement.py) of the run's learner ranks and engines on the GPUs this cluster has
+    free, with the Ray id of each planned node; PlacementError, naming the keys, when they do not fit. None on a CPU
+    cluster, or when an actor asks for a fraction of a GPU (GPUs shared on purpose: Ray places those)."""
+    from dataclasses import replace
+
     from rl.train.placement import plan_placement
 
     learner, engine = gpus_per_actor(cfg.learner.num_gpus), engine_gpus(cfg.rollout)
     if learner != int(learner) or engine != int(engine) or not learner or not engine:
         return None
     key = "rollout.num_gpus_per_engine" if cfg.rollout.num_gpus_per_engine is not None else "rollout.tensor_parallel_size"
-    return plan_placement(node_gpus(), cfg.learner.num_ranks, cfg.rollout.num_engines,
+    nodes = node_gpus()
+    plan = plan_placement([g for _, g in nodes], cfg.learner.num_ranks, cfg.rollout.num_engines,
                           tensor_parallel_size=int(engine), learner_gpus_per_rank=int(learner), engine_key=key)
+    return replace(plan, node_ids=tuple(i for i, _ in nodes))

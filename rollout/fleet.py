@@ -9,8 +9,10 @@ from typing import Callable
 
 import ray
 import torch
+from ray.util.placement_group import remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rl.cluster import engine_gpus
+from rl.cluster import engine_gpus, reserve
 from rl.config.rollout import ENGINES, RolloutConfig, SamplingConfig
 from rl.models.precision import detect
 from rollout.base import RolloutEngine, Sample, TransferBroken
@@ -64,6 +66,11 @@ class RolloutActor:
         process of its own, the GPU default)."""
         return type(self.engine.llm.llm_engine.engine_core).__name__
 
+    def placement(self) -> tuple[str | None, str]:
+        """(this actor's placement group id, its node id): where Ray put it."""
+        ctx = ray.get_runtime_context()
+        return ctx.get_placement_group_id(), ctx.get_node_id()
+
     def num_threads(self) -> int:
         """torch's CPU threads in this engine's process (rollout.num_threads, or all cores of the node)."""
         return torch.get_num_threads()
@@ -78,7 +85,9 @@ class RolloutFleet:
     redone samples are the ones the dead engine would have returned, and none is lost or counted twice."""
 
     def __init__(self, cfg: RolloutConfig, model_path: str, seed: int = 0, wait: bool = True,
-                 learner_gpus: float = 0):
+                 learner_gpus: float = 0, nodes: list[str] | None = None):
+        """learner_gpus: a learner rank's GPUs (which the transfer backend needs to know; 0 where no learner syncs).
+        nodes: the Ray node id of each engine, planned (rl/train/placement.py); None: wherever its bundle fits."""
         if cfg.engine not in ENGINES:
             raise ValueError(f"rollout.engine={cfg.engine!r}; choose one of {sorted(ENGINES)}")
         self.cfg, self.model_path = cfg, model_path
@@ -92,7 +101,6 @@ class RolloutFleet:
         else:
             self.weight_sync = cfg.weight_sync
         transfer = self.weight_sync == "transfer"
-        # (learner_gpus: a learner rank's GPUs, which the transfer backend needs to know; 0 where no learner syncs)
         self.transport = None
         if transfer:
             from rollout.weight_transfer import choose
@@ -102,6 +110,7 @@ class RolloutFleet:
             env = {} if transfer else {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         else:
             env = cpu_env(cfg.num_threads, cfg.kv_cache_gib, multiprocess=transfer)
+        bundle = {"CPU": cfg.num_cpus_per_engine, **({"GPU": gpus} if gpus else {})}
         self.options = dict(num_cpus=cfg.num_cpus_per_engine, num_gpus=gpus, runtime_env={"env_vars": env})
         # (the driver resolves auto once, rl/models/precision.py; a config built in code may still hold it)
         self.kwargs = dict(dtype=detect()[0] if cfg.dtype == "auto" else cfg.dtype)
@@ -121,20 +130,29 @@ class RolloutFleet:
         self.closed = False  # shutdown() began: a death is no longer replaced
         self._restarts_this_call = 0  # incidents in the current call (generate or sync), bounded
         self._lock = threading.Lock()  # shutdown vs. a replacement started on the thread that collects ahead
-        self.actors = [self._start() for _ in range(cfg.num_engines)]
-        if wait:
-            try:
+        self.actors: list = []
+        # engine i's bundle (its CPUs and all its GPUs, on one node) is bundle i of the fleet's placement group,
+        # held for the whole run: a replacement starts in the bundle of the engine it replaces
+        self.pg = reserve([dict(bundle) for _ in range(cfg.num_engines)], nodes,
+                          what=f"rollout.num_engines={cfg.num_engines} engines of {bundle} each",
+                          fix="lower rollout.num_engines, rollout.num_cpus_per_engine or the engines' GPUs, or add nodes")
+        try:
+            self.actors = [self._start(i) for i in range(cfg.num_engines)]
+            if wait:
                 self.wait_ready()
-            except BaseException:  # an engine that cannot start: none is left running
-                self.shutdown()
-                raise
+        except BaseException:  # an engine that cannot start: none is left running
+            self.shutdown()
+            raise
 
     def wait_ready(self) -> None:
         """Until every engine has loaded (RolloutFleet(wait=False) returns while they start)."""
         ray.get([a.ready.remote() for a in self.actors])
 
-    def _start(self):
-        return RolloutActor.options(**self.options).remote(self.cfg.engine, self.model_path, self.kwargs)
+    def _start(self, i: int):
+        """Engine i, in its bundle."""
+        where = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
+        return RolloutActor.options(**self.options, scheduling_strategy=where).remote(self.cfg.engine, self.model_path,
+                                                                                      self.kwargs)
 
     def _replace(self, indices: list[int], error: Exception, load: bool = True) -> list:
         """Engines `indices` are gone (or their state unknown): new ones in their place, started together; one
@@ -154,7 +172,7 @@ class RolloutFleet:
             for i in indices:
                 print(f"[rollout] engine {i} died ({type(error).__name__}); starting a replacement", flush=True)
                 ray.kill(self.actors[i], no_restart=True)
-                self.actors[i] = self._start()
+                self.actors[i] = self._start(i)
         new = [self.actors[i] for i in indices]
         ray.get([a.ready.remote() for a in new])
         if load and self.weights_source is not None:  # (a failed load replaces them again, within the bound)
@@ -302,3 +320,6 @@ class RolloutFleet:
             for a in self.actors:
                 ray.kill(a)
             self.actors = []
+            if self.pg is not None:
+                remove_placement_group(self.pg)
+                self.pg = None

@@ -43,6 +43,8 @@ def test_overrides_apply_with_types():
         ("learner.num_ranks=0", "learner.num_ranks"),
         ("rollout.weight_sync=nccl", "rollout.weight_sync"),
         ("rollout.weight_transfer_backend=ucx", "rollout.weight_transfer_backend"),
+        ("rollout.num_cpus_per_engine=0", "rollout.num_cpus_per_engine=0"),
+        ("learner.num_cpus=0", "learner.num_cpus=0"),
         (["rollout.weight_sync=object_store", "rollout.weight_transfer_backend=nccl"], "rollout.weight_sync=transfer"),
         ("rollout.tensor_parallel_size=0", "rollout.tensor_parallel_size"),
         (["rollout.tensor_parallel_size=2", "rollout.num_gpus_per_engine=1"], "rollout.num_gpus_per_engine"),

@@ -75,6 +75,8 @@ def test_a_killed_engine_is_replaced_resynced_and_its_prompts_redone(ray_cluster
         call.join()
         assert fleet.restarts == 2  # replaced within that call: the kill came before the call returned
         assert fleet.actors[0] is not victim
+        # the replacements started in the fleet's placement group (each in its predecessor's bundle)
+        assert {ray.get(a.placement.remote())[0] for a in fleet.actors} == {fleet.pg.id.hex()}
         groups = result["groups"]
         assert len(groups) == len(prompts) and all(len(g) == 4 for g in groups)  # none lost, none doubled
         assert [g[0].prompt_ids for g in groups] == prompts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from rl.train.placement import PlacementError, Slot, plan_placement
@@ -59,7 +61,7 @@ def gpu_cluster(monkeypatch):
 
     def shape(nodes: list[int]) -> None:
         monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 64.0, "GPU": float(sum(nodes))})
-        monkeypatch.setattr(rl.cluster, "node_gpus", lambda: list(nodes))
+        monkeypatch.setattr(rl.cluster, "node_gpus", lambda: [(f"node-{i}", g) for i, g in enumerate(nodes)])
     return shape
 
 
@@ -76,6 +78,35 @@ def test_the_run_config_is_planned_on_the_cluster_s_gpus(gpu_cluster):
     plan = plan_gpus(cfg("learner.num_ranks=4", "rollout.num_engines=2", "rollout.tensor_parallel_size=2"))
     assert [s.gpus for s in plan.learner] == [(0,), (1,), (2,), (3,)]
     assert plan.engines == (Slot(0, (4, 5)), Slot(0, (6, 7)))
+    gpu_cluster([2, 4])  # the learner's 4 ranks: 2 on node 0, 2 on node 1; the TP-2 engine on node 1's rest
+    plan = plan_gpus(cfg("learner.num_ranks=4", "rollout.num_engines=1", "rollout.tensor_parallel_size=2"))
+    assert plan.nodes(plan.learner) == ["node-0", "node-0", "node-1", "node-1"]  # where their bundles are pinned
+    assert plan.nodes(plan.engines) == ["node-1"]
     assert plan_gpus(cfg("rollout.num_gpus_per_engine=0.5")) is None  # GPUs shared on purpose: Ray places them
     with pytest.raises(PlacementError, match=r"engines of rollout.num_gpus_per_engine=4 GPUs do not fit"):
         plan_gpus(cfg("learner.num_ranks=4", "rollout.num_engines=2", "rollout.num_gpus_per_engine=4"))
+
+
+def test_a_bundle_pinned_to_its_node_is_placed_there_and_one_pinned_elsewhere_is_refused(ray_cluster, monkeypatch):
+    """rl.cluster.reserve on the real local cluster: bundles pinned to this node's id land on it; a bundle pinned
+    to a node that is not there (a planned node that left) is refused with what and the keys to change, and its
+    placement group is removed (the CPUs are free again)."""
+    ray = ray_cluster
+    import rl.cluster
+    from ray.util.placement_group import placement_group_table, remove_placement_group
+
+    here = ray.get_runtime_context().get_node_id()
+    free = ray.available_resources().get("CPU")
+    pg = rl.cluster.reserve([{"CPU": 0.25}, {"CPU": 0.25}], [here, here], what="two bundles", fix="fix them")
+    try:
+        table = placement_group_table(pg)
+        assert table["state"] == "CREATED" and set(table["bundles_to_node_id"].values()) == {here}
+    finally:
+        remove_placement_group(pg)
+    monkeypatch.setattr(rl.cluster, "PLACEMENT_TIMEOUT_S", 3)
+    with pytest.raises(RuntimeError, match=r"cannot place two bundles on the planned nodes within 3 s .*: fix them"):
+        rl.cluster.reserve([{"CPU": 0.25}, {"CPU": 0.25}], [here, "f" * 56], what="two bundles", fix="fix them")
+    deadline = time.time() + 10
+    while ray.available_resources().get("CPU") != free:  # (a removed group's CPUs come back asynchronously)
+        assert time.time() < deadline, f"CPUs never came back: {ray.available_resources()} free, {free} before"
+        time.sleep(0.1)

@@ -84,6 +84,8 @@ class LearnerConfig:
     def check(self, key: str) -> None:
         """The checks of the section alone (the count of mini-batches against the samples: rl/config/run.py)."""
         check(self.micro_batch_size >= 1, f"{key}.micro_batch_size must be >= 1")
+        check(self.num_cpus > 0, f"{key}.num_cpus={self.num_cpus}: must be > 0 (a rank's placement bundle holds its "
+              "CPUs; a fraction such as 0.5 is fine)")
         check(self.pack_max_tokens >= 1,
               f"{key}.pack_max_tokens={self.pack_max_tokens}: must be >= 1 (tokens per packed row)")
         check(self.max_tokens_per_micro_batch is None or self.max_tokens_per_micro_batch >= 1,

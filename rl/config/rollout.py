@@ -160,6 +160,8 @@ class RolloutConfig:
         modes against each other: rl/config/run.py)."""
         check(self.engine in ENGINES, f"{key}.engine={self.engine!r}; choose one of {sorted(ENGINES)}")
         check(self.num_engines >= 1, f"{key}.num_engines must be >= 1")
+        check(self.num_cpus_per_engine > 0, f"{key}.num_cpus_per_engine={self.num_cpus_per_engine}: must be > 0 (an "
+              "engine's placement bundle holds its CPUs; a fraction such as 0.5 is fine)")
         check(self.weight_sync in WEIGHT_SYNCS, f"{key}.weight_sync={self.weight_sync!r}; choose one of "
               f"{list(WEIGHT_SYNCS)}")
         check(self.weight_sync != "transfer" or self.engine == "vllm",

@@ -11,12 +11,10 @@ from __future__ import annotations
 import threading
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rl.cluster import gpus_per_actor
-
-PLACEMENT_TIMEOUT_S = 120
+from rl.cluster import gpus_per_actor, reserve as reserve_bundles
 
 
 class LearnerRank:
@@ -54,20 +52,14 @@ class LearnerRank:
         return getattr(self.learner, method)(*args, **kwargs)
 
 
-def reserve(cfg):
-    """The learner's placement group (learner.num_ranks bundles, packed onto as few nodes as possible), reserved:
-    before the engines start, so on a GPU cluster the learner's ranks take whole nodes first (rl/train/placement.py)."""
+def reserve(cfg, nodes: list[str] | None = None):
+    """The learner's placement group (learner.num_ranks bundles, packed onto as few nodes as possible, rank i's on
+    node `nodes[i]` when planned), reserved: before the engines start, so on a GPU cluster the learner's ranks take
+    their GPUs first (rl/train/placement.py)."""
     n, gpus = cfg.num_ranks, gpus_per_actor(cfg.num_gpus)
     bundle = {"CPU": cfg.num_cpus, **({"GPU": gpus} if gpus else {})}
-    pg = placement_group([dict(bundle) for _ in range(n)], strategy="PACK")
-    ready, _ = ray.wait([pg.ready()], timeout=PLACEMENT_TIMEOUT_S)
-    if not ready:
-        remove_placement_group(pg)
-        raise RuntimeError(
-            f"the cluster cannot place learner.num_ranks={n} ranks of {bundle} each within "
-            f"{PLACEMENT_TIMEOUT_S} s (it has {ray.available_resources()} free): lower learner.num_ranks, "
-            "learner.num_cpus or learner.num_gpus, or add nodes")
-    return pg
+    return reserve_bundles([dict(bundle) for _ in range(n)], nodes, what=f"learner.num_ranks={n} ranks of {bundle} each",
+                           fix="lower learner.num_ranks, learner.num_cpus or learner.num_gpus, or add nodes")
 
 
 class LearnerGroup:

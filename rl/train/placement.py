@@ -3,8 +3,9 @@
 Disaggregated (the mode built): the learner's ranks take GPUs first, packed onto the fewest nodes in node order
 (its FSDP2 collectives stay inside a node where they can), then each engine takes `tensor_parallel_size` GPUs of one
 node (vLLM's tensor parallelism runs over a node's NVLink; an engine never spans nodes), first fit in node order.
-Ray then places the actors to the same effect: the learner's placement group is reserved first (PACK), and every
-engine actor asks for its GPUs on one node. A colocated mode (learner and engines on the same GPUs, vLLM
+Ray then places the actors as planned: the learner and the engines have a placement group each, whose bundle i (rank
+i, engine i) is pinned to its planned node (rl/cluster.py `reserve`), the learner's reserved first; an engine's
+bundle holds all its GPUs, so its tensor-parallel workers share its node. A colocated mode (learner and engines on the same GPUs, vLLM
 sleeping between phases) is not built.
 
 Pure: node GPU counts in, the plan out; no Ray, so the planning is unit-tested for any cluster shape.
@@ -29,6 +30,11 @@ class Slot:
 class Plan:
     learner: tuple[Slot, ...]  # one per rank
     engines: tuple[Slot, ...]  # one per engine, its tensor-parallel GPUs
+    node_ids: tuple[str, ...] = ()  # Ray's id of each node index (rl/cluster.py plan_gpus); () in a pure plan
+
+    def nodes(self, slots: tuple[Slot, ...]) -> list[str]:
+        """The Ray node id of each slot (self.learner or self.engines): where its placement bundle is pinned."""
+        return [self.node_ids[s.node] for s in slots]
 
     def describe(self) -> str:
         """One line per node: which GPUs the learner's ranks and each engine hold."""

@@ -165,16 +165,18 @@ class Trainer:
         start_ray(cfg.ray)
         check_cpus(cfg, self.rewards.actor_cpus())  # a run that cannot fit stops here, not waiting for a CPU forever
         self.rewards.start()  # reward classes become Ray actors: a scorer that cannot start fails before the engines
-        plan = plan_gpus(cfg)  # learner and engines on the GPUs: a plan that does not fit stops here
+        plan = plan_gpus(cfg)  # learner and engines on the free GPUs: a plan that does not fit stops here
         if plan is not None:
-            print("[cluster] placement (GPUs counted per node; Ray assigns the device indices):\n" + plan.describe(),
-                  flush=True)
-        self.placement = reserve(cfg.learner)  # the learner's GPUs first (as planned), then the engines take theirs
+            print("[cluster] placement (free GPUs counted per node; Ray assigns the device indices):\n"
+                  + plan.describe(), flush=True)
+        # the learner's GPUs first, then the engines take theirs; each bundle on its planned node
+        self.placement = reserve(cfg.learner, plan.nodes(plan.learner) if plan is not None else None)
         # the rollout engines start first: on a GPU node they take their share of memory before the learner starts;
         # on CPU nodes (no such race) the learner starts while they load
         on_gpu = gpus_per_actor(cfg.rollout.num_gpus_per_engine) > 0
         self.fleet = RolloutFleet(cfg.rollout, self.model_path, seed=cfg.seed, wait=on_gpu,
-                                  learner_gpus=gpus_per_actor(cfg.learner.num_gpus))
+                                  learner_gpus=gpus_per_actor(cfg.learner.num_gpus),
+                                  nodes=plan.nodes(plan.engines) if plan is not None else None)
         policy = str(self.resume_from / "model") if self.resume_from is not None else self.model_path
         self.learner = LearnerGroup(  # learner.num_ranks actors, one FSDP2 shard each
             cfg.learner, policy, cfg.learner, cfg.algorithm.loss, cfg.algorithm.kl, total_steps=cfg.trainer.total_steps,
