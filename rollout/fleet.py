@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from typing import Callable
 
 import ray
@@ -85,8 +86,8 @@ class RolloutFleet:
     redone samples are the ones the dead engine would have returned, and none is lost or counted twice."""
 
     def __init__(self, cfg: RolloutConfig, model_path: str, seed: int = 0, wait: bool = True,
-                 learner_gpus: float = 0, nodes: list[str] | None = None):
-        """learner_gpus: a learner rank's GPUs (which the transfer backend needs to know; 0 where no learner syncs).
+                 learner_gpus: float | None = None, nodes: list[str] | None = None):
+        """learner_gpus: a learner rank's GPUs, which the transfer backend needs to know (None: no learner syncs).
         nodes: the Ray node id of each engine, planned (rl/train/placement.py); None: wherever its bundle fits."""
         if cfg.engine not in ENGINES:
             raise ValueError(f"rollout.engine={cfg.engine!r}; choose one of {sorted(ENGINES)}")
@@ -270,14 +271,7 @@ class RolloutFleet:
                                               t.update_info(meta, bucket), version) for i, a in enumerate(actors)]
         sending = learner.broadcast(address, port, world, self.cfg.dtype, bucket, timeout, t.name)
         if not t.gives_up:  # (NCCL waits forever for a peer that died: the whole sync is bounded here instead)
-            everything = receiving + sending
-            done, _ = ray.wait(everything, num_returns=len(everything), timeout=timeout)
-            if len(done) < len(everything):
-                raise RuntimeError(
-                    f"the weight sync over {t.name} did not finish in rollout.weight_transfer_timeout_s={timeout} s "
-                    f"({len(everything) - len(done)} of {len(everything)} ends still waiting); {t.name} cannot give up "
-                    "on a peer that died mid-broadcast, so the run stops here (its last checkpoint is intact). "
-                    "rollout.weight_transfer_backend=gloo replaces such engines and goes on")
+            self._bounded(receiving + sending, timeout)
         died, unloaded = [], []  # (actor, error): its actor is gone / it lives, its receive raised
         for actor, ref in zip(actors, receiving):
             try:
@@ -302,6 +296,25 @@ class RolloutFleet:
         again = [a for a in again if any(a is b for b in self.actors)]
         if new or again:
             self.transfer_weights(learner, version, new + again)
+
+    def _bounded(self, ends: list, timeout: float) -> None:
+        """A sync over a transport that cannot give up (nccl), watched end by end: the first end that fails, or the
+        timeout, stops the run with its error (the ends still waiting in the group cannot be freed, so no engine
+        is replaced and no sync retried)."""
+        name, stops = self.transport.name, ("so the run stops here (its last checkpoint is intact). "
+                                            "rollout.weight_transfer_backend=gloo replaces such engines and goes on")
+        deadline, pending = time.monotonic() + timeout, list(ends)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                raise RuntimeError(f"the weight sync over {name} did not finish in rollout.weight_transfer_timeout_s="
+                                   f"{timeout} s ({len(pending)} of {len(ends)} ends still waiting); {name} cannot "
+                                   f"give up on a peer that died mid-broadcast, {stops}")
+            try:
+                ray.get(done[0])
+            except Exception as e:
+                raise RuntimeError(f"the weight sync over {name} failed at one end ({type(e).__name__}: {e}); the "
+                                   f"other ends cannot leave the group, {stops}") from e
 
     def _dead(self) -> list[int]:
         """The engines that do not answer (their actor has died)."""

@@ -251,17 +251,24 @@ class NcclTransport(Transport):
                                "(learner.num_gpus)")
         from vllm.distributed.weight_transfer.nccl_common import trainer_init
 
-        try:
-            return trainer_init(dict(master_address=address, master_port=port, world_size=world_size))
-        except Exception as e:
-            raise TransferBroken(f"the nccl weight-transfer group at {address}:{port} did not form: {e}") from e
+        # (vLLM's current_stream() sets a stream of its own the first time: the learner's is restored on exit)
+        with torch.cuda.stream(torch.cuda.current_stream()):
+            try:
+                return trainer_init(dict(master_address=address, master_port=port, world_size=world_size))
+            except Exception as e:
+                raise TransferBroken(f"the nccl weight-transfer group at {address}:{port} did not form: {e}") from e
 
     def send(self, group, weights, meta, bucket_bytes):
         from vllm.distributed.weight_transfer.packed_tensor import packed_nccl_broadcast_producer
 
-        packed_nccl_broadcast_producer(iterator=iter(weights), group=group, src=0, post_iter_func=lambda nt: nt[1],
-                                       buffer_size_bytes=bucket_bytes, num_buffers=NCCL_BUFFERS)
-        torch.cuda.current_stream().synchronize()  # (the buffers have landed before the learner's weights change)
+        with torch.cuda.stream(torch.cuda.current_stream()):
+            # the update's kernels have run before vLLM's side streams read the weights, and its buffers have landed
+            # before the learner's weights change again. .cuda(): an offloaded learner's shards gather on the CPU
+            torch.cuda.current_stream().synchronize()
+            packed_nccl_broadcast_producer(iterator=iter(weights), group=group, src=0,
+                                           post_iter_func=lambda nt: nt[1].cuda(),
+                                           buffer_size_bytes=bucket_bytes, num_buffers=NCCL_BUFFERS)
+            torch.cuda.current_stream().synchronize()
 
     def leave(self, group):
         group.destroy()
@@ -270,15 +277,20 @@ class NcclTransport(Transport):
 TRANSPORTS: dict[str, Transport] = {t.name: t for t in (GlooTransport(), NcclTransport())}
 
 
-def choose(asked: str, engine_gpus: float, learner_gpus: float) -> Transport:
-    """rollout.weight_transfer_backend resolved: auto is nccl when the learner and the engines both have GPUs (the
-    disaggregated mode: on GPUs of their own), else gloo; nccl asked for without them is refused."""
+def choose(asked: str, engine_gpus: float, learner_gpus: float | None) -> Transport:
+    """rollout.weight_transfer_backend resolved: auto is nccl when the learner's ranks and the engines each have
+    whole GPUs of their own (the disaggregated mode; NCCL refuses two ranks of a group on one GPU, which fractions
+    allow), else gloo; nccl asked for without them is refused. learner_gpus None: no learner syncs into this fleet
+    (evaluation, sampling), only the engines are checked."""
+    own = engine_gpus >= 1 and (learner_gpus is None or learner_gpus >= 1)
     if asked == "auto":
-        asked = "nccl" if engine_gpus > 0 and learner_gpus > 0 else "gloo"
-    elif asked == "nccl" and not (engine_gpus > 0 and learner_gpus > 0):
-        raise ValueError(f"rollout.weight_transfer_backend=nccl broadcasts GPU to GPU, and the "
-                         f"{'engines have' if engine_gpus <= 0 else 'learner has'} no GPU here: set "
-                         "rollout.weight_transfer_backend=gloo (or auto)")
+        asked = "nccl" if own else "gloo"
+    elif asked == "nccl" and not own:
+        short = "engines have" if engine_gpus < 1 else "learner has"
+        raise ValueError(f"rollout.weight_transfer_backend=nccl broadcasts GPU to GPU between ranks on GPUs of their "
+                         f"own, and the {short} less than a whole GPU here (learner {learner_gpus}, engine "
+                         f"{engine_gpus}): set rollout.weight_transfer_backend=gloo (or auto), or give each a GPU "
+                         "(learner.num_gpus, rollout.num_gpus_per_engine)")
     return TRANSPORTS[asked]
 
 

@@ -58,11 +58,13 @@ def test_each_backend_s_messages_are_what_its_vllm_engine_parses():
         NCCLWeightTransferEngine.update_info_cls(**TRANSPORTS["gloo"].update_info(meta, 1 << 20))
 
 
-def test_the_backend_is_nccl_only_between_gpus():
-    assert [choose("auto", e, l).name for e, l in ((0, 0), (1, 0), (0, 1), (1, 1))] == ["gloo", "gloo", "gloo", "nccl"]
-    assert choose("gloo", 1, 1).name == "gloo"
-    for engines, learner, who in ((0, 1, "engines"), (1, 0, "learner")):
-        with pytest.raises(ValueError, match=f"{who} ha.* no GPU.*rollout.weight_transfer_backend=gloo"):
+def test_the_backend_is_nccl_only_between_whole_gpus():
+    cases = ((0, 0), (1, 0), (0, 1), (1, 1), (0.5, 1), (1, 0.5), (2, 1), (1, None), (0.5, None))
+    assert [choose("auto", e, l).name for e, l in cases] == [
+        "gloo", "gloo", "gloo", "nccl", "gloo", "gloo", "nccl", "nccl", "gloo"]  # (None: no learner, as in eval)
+    assert choose("gloo", 1, 1).name == "gloo" and choose("nccl", 1, None).name == "nccl"
+    for engines, learner, who in ((0, 1, "engines"), (1, 0, "learner"), (0.5, 1, "engines"), (1, 0.5, "learner")):
+        with pytest.raises(ValueError, match=f"{who} ha.* less than a whole GPU.*rollout.weight_transfer_backend=gloo"):
             choose("nccl", engines, learner)
 
 
@@ -99,6 +101,28 @@ def test_transfer_into_multiprocess_engines_equals_the_object_store(ray_cluster,
         cores[0].wait(30)
         assert tokens(transfer) == after
         assert transfer.restarts == 1
+
+        # rank 0 fails while gathering (an out-of-memory in a cast, say) after the first parameter: its error is
+        # raised, and it still runs the gathers rank 1 is waiting in, so the ranks stay in step (rank 1 would wait
+        # out the process group's timeout in its next all-gather otherwise): the next update and export work
+        def _fail_after_one_gather(_rank) -> None:  # in rank 0's process, once
+            from rl.train.learner import Learner
+
+            real = Learner._gathered
+
+            def gathered(weights, cast, done=None):
+                stream = real(weights, cast, done)
+                yield next(stream)
+                Learner._gathered = staticmethod(real)
+                raise MemoryError("rank 0 could not cast parameter 2")
+
+            Learner._gathered = staticmethod(gathered)
+
+        ray_cluster.get(learner.actors[0].__ray_call__.remote(_fail_after_one_gather))
+        with pytest.raises(ray.exceptions.RayTaskError, match="rank 0 could not cast parameter 2"):
+            transfer.transfer_weights(learner, version="3")
+        learner.run("update", make_batch(seed=3))
+        assert list(ray_cluster.get(learner.export_weights("float32"))) == learner.weight_metadata("float32")["names"]
     finally:
         transfer.shutdown()
         plain.shutdown()

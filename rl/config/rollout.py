@@ -132,7 +132,7 @@ class RolloutConfig:
     # rollout/weight_transfer.py
     weight_transfer_backend: str = field(default="auto", metadata=ANY_ON_RESUME)  # transfer: "gloo" (ours: host
     # memory over TCP, any device; what the CPU tests run) or "nccl" (vLLM's built-in backend, GPU to GPU; learner and
-    # engines on GPUs of their own). auto: nccl when both the learner and the engines have GPUs, else gloo
+    # engines on GPUs of their own). auto: nccl when the learner ranks and the engines each have >= 1 GPU, else gloo
     weight_bucket_mib: int = field(default=1024, metadata=ANY_ON_RESUME)  # transfer: bytes broadcast at a time
     weight_transfer_timeout_s: float = field(default=300.0, metadata=ANY_ON_RESUME)  # transfer: how long the group's
     # rendezvous and a broadcast wait for an engine before the sync gives up on it (and replaces it)

@@ -320,11 +320,13 @@ class Learner:
         return total, torch.cat([h for _, h, _ in parts]), [sum(r[i] for _, _, r in parts) for i in (0, 1)]
     # -- weights out ------------------------------------------------------------------------------------------
     @staticmethod
-    def _gathered(weights: dict, cast: torch.dtype | None):
+    def _gathered(weights: dict, cast: torch.dtype | None, gathered: list | None = None):
         """(name, tensor) of `weights`, one at a time on this rank's device, cast to `cast`. With several ranks each
-        is gathered in turn: every rank iterates, in step."""
+        is gathered in turn: every rank iterates, in step. `gathered`: each name is appended once its gather ran."""
         for k, v in weights.items():
             v = full_tensor(v.detach())
+            if gathered is not None:
+                gathered.append(k)
             yield k, (v.to(cast) if cast is not None else v)
 
     def export_weights(self, dtype: str | None = None) -> dict[str, torch.Tensor] | None:
@@ -354,7 +356,8 @@ class Learner:
         streams the weights into it as they are gathered, over `backend` (rollout/weight_transfer.py:
         gloo's rendezvous and broadcasts give up after timeout_s); the other ranks take part in the gathers."""
         weights, cast = self._weights_out(dtype)
-        stream = self._gathered(weights, cast)
+        gathered: list[str] = []
+        stream = self._gathered(weights, cast, gathered)
         try:
             if self.rank == 0:
                 from rollout.weight_transfer import TRANSPORTS
@@ -365,10 +368,11 @@ class Learner:
                     transport.send(group, stream, self._metadata(weights, cast), bucket_bytes)
                 finally:
                     transport.leave(group)
-        finally:  # every rank runs every gather, whatever happened on rank 0 (the others wait in the next one)
+        finally:  # every rank runs every gather, whatever happened on rank 0 (the others wait in the next one);
+            # the rest directly, not through `stream`: a generator that raised yields nothing more
             if self.world > 1:
-                for _ in stream:
-                    pass
+                for k in list(weights)[len(gathered):]:
+                    full_tensor(weights[k].detach())
 
     def nonfinite_parameters(self) -> list[str]:
         local = [n for n, p in self.model.named_parameters()
