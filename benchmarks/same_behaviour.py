@@ -61,6 +61,8 @@ CASES: dict[str, tuple[str, list[str], list[str] | None]] = {
     "dapo": ("quickstart.yaml", ["algorithm.dynamic_sampling.max_tries=3", "algorithm.overlong.buffer=16",
                                  "algorithm.overlong.mask_truncated=true"], None),
     "kl_in_reward": ("quickstart.yaml", ["algorithm.kl.coef=0.05", "algorithm.kl.in_reward=true"], None),
+    # LoRA with KL: the reference is the base with the adapter off; model/ merged, adapter/ in PEFT's format
+    "lora_kl": ("quickstart.yaml", ["learner.lora={rank: 8}", "algorithm.kl.coef=0.05"], None),
 }
 # overrides in the spelling of a tree from before the method sections became optional (present = on), for those
 # trees; a tree is of that age when its rl/config/algorithm.py still has DynamicSamplingConfig.enabled

@@ -110,13 +110,13 @@ def test_transfer_into_multiprocess_engines_equals_the_object_store(ray_cluster,
 
             real = Learner._gathered
 
-            def gathered(weights, cast, done=None):
-                stream = real(weights, cast, done)
+            def gathered(self, weights, cast, done=None):
+                stream = real(self, weights, cast, done)
                 yield next(stream)
-                Learner._gathered = staticmethod(real)
+                Learner._gathered = real
                 raise MemoryError("rank 0 could not cast parameter 2")
 
-            Learner._gathered = staticmethod(gathered)
+            Learner._gathered = gathered
 
         ray_cluster.get(learner.actors[0].__ray_call__.remote(_fail_after_one_gather))
         with pytest.raises(ray.exceptions.RayTaskError, match="rank 0 could not cast parameter 2"):

@@ -100,8 +100,6 @@ class LearnerConfig:
               f"{key}.offload=true shards onto the CPU with FSDP2, which needs {key}.num_ranks > 1")
         if self.lora is not None:
             self.lora.check(f"{key}.lora")
-            check(self.num_ranks == 1, f"{key}.lora with {key}.num_ranks={self.num_ranks}: LoRA runs on one rank "
-                  f"for now (the adapters are small; set {key}.num_ranks=1)")
 
     def check_precision(self, key: str) -> None:
         check(self.dtype in DTYPES, f"{key}.dtype={self.dtype!r}; choose one of {list(DTYPES)}"

@@ -151,7 +151,7 @@ def learner_estimate(shape: Shape, cfg) -> dict[str, float]:
     n = learner.num_ranks
     kl = cfg.algorithm.kl is not None and lora is None
     parts = {
-        "weights": p * d / n + (trained * d if lora is not None else 0),
+        "weights": (p + (trained if lora is not None else 0)) * d / n,
         "gradients": trained * d / n,
         "optimizer": trained * 2 * d / n,
         "autocast": p * c if mixed and c < d and n == 1 else 0,

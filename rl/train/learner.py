@@ -95,8 +95,10 @@ class Learner:
                              f"{type(self.model.get_output_embeddings()).__name__}")
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        self._adapted: dict = {}  # LoRA: {base weight name: its adapter layer}, merged into what the weights out hold
         if cfg.lora is not None:
             self.model = _with_lora(self.model, cfg.lora, cfg.gradient_checkpointing)
+            self._adapted = adapted_layers(self.model)
         self.ref_model = None
         if kl is not None and cfg.lora is None:  # the reference policy is loaded only when a KL term uses it (with
             # LoRA it is the base: the adapter disabled)
@@ -319,15 +321,25 @@ class Learner:
                 total[k] += v
         return total, torch.cat([h for _, h, _ in parts]), [sum(r[i] for _, _, r in parts) for i in (0, 1)]
     # -- weights out ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _gathered(weights: dict, cast: torch.dtype | None, gathered: list | None = None):
-        """(name, tensor) of `weights`, one at a time on this rank's device, cast to `cast`. With several ranks each
-        is gathered in turn: every rank iterates, in step. `gathered`: each name is appended once its gather ran."""
+    def _gathered(self, weights: dict, cast: torch.dtype | None, gathered: list | None = None):
+        """(name, tensor) of `weights`, one at a time on this rank's device, cast to `cast`; with LoRA each adapted
+        weight merged as it comes. With several ranks each is gathered in turn: every rank iterates, in step.
+        `gathered`: each name is appended once its gather ran."""
         for k, v in weights.items():
-            v = full_tensor(v.detach())
+            v = self._whole(k, v)
             if gathered is not None:
                 gathered.append(k)
             yield k, (v.to(cast) if cast is not None else v)
+
+    def _whole(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """One weight of `_weights_out` gathered whole (a collective with several ranks); with LoRA, an adapted
+        weight plus its adapter's delta, alpha / r B A (peft's get_delta_weight, on the sharded A and B, gathered)."""
+        value = full_tensor(value.detach())
+        layer = self._adapted.get(name)
+        if layer is None:
+            return value
+        with torch.no_grad():
+            return value + full_tensor(layer.get_delta_weight(layer.active_adapters[0])).to(value.dtype)
 
     def export_weights(self, dtype: str | None = None) -> dict[str, torch.Tensor] | None:
         """The policy's state dict on CPU (cast to the engines' dtype), for weight sync. With several ranks each
@@ -336,9 +348,10 @@ class Learner:
         return out if self.rank == 0 else None
 
     def _weights_out(self, dtype: str | None) -> tuple[dict, torch.dtype | None]:
-        """The state dict the engines load (LoRA: merged, under the base's names) and the dtype to cast it to."""
+        """The state dict the engines load (LoRA: the base's, under its own names; `_whole` merges each adapted
+        weight) and the dtype to cast it to."""
         cast = getattr(torch, dtype) if dtype and dtype != "auto" else None
-        return (merged_lora_state_dict(self.model) if self.cfg.lora is not None else self.model.state_dict()), cast
+        return (lora_base_state_dict(self.model) if self.cfg.lora is not None else self.model.state_dict()), cast
 
     def weight_metadata(self, dtype: str | None = None) -> dict:
         """What export_weights returns, without the values: names, dtype names and shapes (global shapes)."""
@@ -372,7 +385,7 @@ class Learner:
             # the rest directly, not through `stream`: a generator that raised yields nothing more
             if self.world > 1:
                 for k in list(weights)[len(gathered):]:
-                    full_tensor(weights[k].detach())
+                    self._whole(k, weights[k])
 
     def nonfinite_parameters(self) -> list[str]:
         local = [n for n, p in self.model.named_parameters()
@@ -386,14 +399,7 @@ class Learner:
         if bad:
             raise FloatingPointError(f"the policy has non-finite weights ({bad[:3]}...); not writing a checkpoint")
         path = Path(folder)
-        if self.world > 1:  # the whole weights on rank 0 (gathered parameter by parameter); the optimizer in shards
-            self._save_sharded(path)
-        elif self.cfg.lora is not None:  # model/: the merged weights, loadable anywhere; adapter/: PEFT's format
-            self.model.get_base_model().save_pretrained(path / "model", state_dict=merged_lora_state_dict(self.model),
-                                                        safe_serialization=True)
-            self.model.save_pretrained(path / "adapter", safe_serialization=True)
-        else:
-            self.model.save_pretrained(path / "model", safe_serialization=True)
+        self._save_model(path)
         state = {
             "scheduler": self.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
@@ -405,30 +411,33 @@ class Learner:
         if self.rank == 0:  # the scheduler and RNG streams are the same on every rank
             torch.save(state, path / "learner_state.pt")
 
-    def _save_sharded(self, path: Path) -> None:
-        """model/: save_pretrained of the whole weights, written by rank 0; optimizer/: torch.distributed.checkpoint
-        (DCP), each rank its shard, loadable by any number of ranks (load_state reshards)."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    def _save_model(self, path: Path) -> None:
+        """model/: save_pretrained of the whole weights (LoRA: merged), written by rank 0, loadable anywhere; with
+        LoRA also adapter/, PEFT's format; with several ranks optimizer/: torch.distributed.checkpoint (DCP), each
+        rank its shard, loadable by any number of ranks (load_state reshards). Weights and adapter are gathered
+        parameter by parameter."""
+        lora = self.cfg.lora is not None
+        weights = self.export_weights() if lora or self.world > 1 else None  # None: save_pretrained's own
+        adapter = {n: full_tensor(p.detach()).cpu() for n, p in self.model.named_parameters()
+                   if p.requires_grad} if lora else None  # LoRA's A and B
+        if self.world > 1:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        weights = self.export_weights()
-        dcp.save({"optimizer": get_optimizer_state_dict(self.runner, self.optimizer)},
-                 checkpoint_id=str(path / "optimizer"))
+            dcp.save({"optimizer": get_optimizer_state_dict(self.runner, self.optimizer)},
+                     checkpoint_id=str(path / "optimizer"))
         # after the collectives: a rank-0 failure here (a full disk) reaches the driver, no rank waits for it
         if self.rank == 0:
-            self.model.save_pretrained(path / "model", state_dict=weights, safe_serialization=True)
+            plain = self.model.get_base_model() if lora else self.model
+            plain.save_pretrained(path / "model", state_dict=weights, safe_serialization=True)
+            if lora:
+                self.model.save_pretrained(path / "adapter", state_dict=adapter, safe_serialization=True)
 
     def load_state(self, folder: str) -> None:
         """Optimizer, scheduler and RNG state from a checkpoint (the weights were loaded from its model/ folder).
         Tensors only: `weights_only=True` never unpickles code from the file."""
         if self.cfg.lora is not None:  # the adapter's weights (the base is the original model's)
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            adapter = load_file(str(Path(folder) / "adapter" / "adapter_model.safetensors"), device=str(self.device))
-            result = set_peft_model_state_dict(self.model, adapter)
-            if getattr(result, "unexpected_keys", None):
-                raise ValueError(f"{folder}/adapter does not fit learner.lora: unexpected {result.unexpected_keys[:3]}")
+            self._load_adapter(Path(folder) / "adapter" / "adapter_model.safetensors")
         state = torch.load(Path(folder) / "learner_state.pt", map_location="cpu", weights_only=True)
         self._load_optimizer(Path(folder), state.get("optimizer"))
         self.scheduler.load_state_dict(state["scheduler"])
@@ -444,6 +453,22 @@ class Learner:
         self.generator.set_state(state["rng"]["generator"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def _load_adapter(self, file: Path) -> None:
+        """LoRA's A and B from a PEFT adapter file (its keys are the model's without the adapter's name), into the
+        parameters whole or, with several ranks, into each rank's shards."""
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        saved = load_file(str(file))
+        ours = {n: n.replace(f".{a}.", ".") for n, p in self.model.named_parameters() if p.requires_grad
+                for a in self.model.active_adapters if f".{a}." in n}
+        unknown, missing = sorted(set(saved) - set(ours.values())), sorted(set(ours.values()) - set(saved))
+        if unknown or missing:
+            raise ValueError(f"{file} does not fit learner.lora (rank, target_modules): "
+                             f"unexpected {unknown[:3]}, missing {missing[:3]}")
+        set_model_state_dict(self.runner, {f"model.{n}": saved[k] for n, k in ours.items()},
+                             options=StateDictOptions(full_state_dict=True, strict=False))
 
     def _load_optimizer(self, folder: Path, whole: dict | None) -> None:
         """The optimizer state of a checkpoint written by any number of ranks: one rank's torch state dict
@@ -484,23 +509,20 @@ def _with_lora(model, cfg, gradient_checkpointing: bool):
                                                 target_modules=targets, task_type="CAUSAL_LM"))
 
 
-@torch.no_grad()
-def merged_lora_state_dict(model) -> dict[str, torch.Tensor]:
-    """The base model's state dict under its own names with each adapted weight merged, W + (alpha / r) B A (peft's
-    get_delta_weight), computed aside: the model's weights are not touched (merge/unmerge would round them)."""
+def adapted_layers(model) -> dict:
+    """{name of an adapted weight in the base model's state dict: its peft LoraLayer}."""
     from peft.tuners.lora import LoraLayer
 
-    base = model.get_base_model()
-    deltas = {name: m.get_delta_weight(m.active_adapters[0]) for name, m in base.named_modules()
-              if isinstance(m, LoraLayer) and m.active_adapters and m.active_adapters[0] in m.lora_A}
-    out = {}
-    for key, value in base.state_dict().items():
-        if ".lora_" in key:
-            continue
-        key = key.replace(".base_layer.", ".")
-        module, leaf = key.rsplit(".", 1)
-        out[key] = value + deltas[module].to(value.dtype) if leaf == "weight" and module in deltas else value
-    return out
+    return {f"{name}.weight": m for name, m in model.get_base_model().named_modules()
+            if isinstance(m, LoraLayer) and m.active_adapters and m.active_adapters[0] in m.lora_A}
+
+
+def lora_base_state_dict(model) -> dict[str, torch.Tensor]:
+    """The base model's state dict under its own names (peft's base_layer folded back, the adapters left out): what
+    the engines and model/ hold once each adapted weight is merged (Learner._whole). The model's weights are never
+    merged in place (merge/unmerge would round them)."""
+    return {k.replace(".base_layer.", "."): v for k, v in model.get_base_model().state_dict().items()
+            if ".lora_" not in k}
 
 
 class LearnerClient:
