@@ -33,6 +33,12 @@ ARMS = {
     "rows (micro 16)": {},
     "token budget 2048": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 2048},
     "token budget 4096": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 4096},
+    "rows (micro 16), prompts not shared": {"share_prompts": False},
+    # true packing: a micro-batch is one row of real tokens (sdpa with the block-diagonal mask on CPU)
+    "varlen, budget 1024": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 1024, "share_prompts": False,
+                            "varlen": True},
+    "varlen, budget 2048": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 2048, "share_prompts": False,
+                            "varlen": True},
 }
 
 

@@ -57,8 +57,21 @@ def test_bad_values_name_the_key(override, words):
     assert words in str(e.value)
 
 
-def test_lora_is_allowed_on_several_ranks():  # sharded like the rest: tests/test_distributed_learner.py lora_kl
+def test_lora_is_allowed_on_several_ranks():  # sharded like the rest: tests/test_distributed_learner.py lora_kl_varlen
     assert load_config(None, ["learner.lora={rank: 8}", "learner.num_ranks=2"]).learner.num_ranks == 2
+
+
+def test_varlen_needs_share_prompts_off_and_attention_is_checked():
+    with pytest.raises(ConfigError, match="set learner.share_prompts=false"):
+        load_config(None, ["learner.varlen=true"])
+    assert load_config(None, ["learner.varlen=true", "learner.share_prompts=false"]).learner.varlen
+    with pytest.raises(ConfigError, match="learner.attn_implementation='flash_attn_2'.*did you mean 'flash_attention_2'"):
+        load_config(None, ["learner.attn_implementation=flash_attn_2"])
+    assert load_config(None, ["learner.attn_implementation=kernels-community/flash-attn"]).learner.attn_implementation
+    with pytest.raises(ConfigError, match="takes no .L, L. mask.*set learner.share_prompts=false"):
+        load_config(None, ["learner.attn_implementation=flash_attention_2"])
+    assert load_config(None, ["learner.attn_implementation=flash_attention_2", "learner.varlen=true",
+                              "learner.share_prompts=false"]).learner.varlen
 
 
 def test_missing_recipe_file():
@@ -209,7 +222,7 @@ def test_harmless_keys_on_resume_come_from_field_metadata():
         "learner.num_cpus", "learner.num_gpus", "learner.num_threads", "learner.micro_batch_size",
         "learner.gradient_checkpointing", "learner.head_chunk_tokens", "learner.max_tokens_per_micro_batch",
         "learner.share_prompts", "learner.pack_max_tokens", "learner.num_ranks", "learner.offload",
-        "rollout.weight_sync", "rollout.tensor_parallel_size", "rollout.weight_bucket_mib", "rollout.weight_transfer_timeout_s",
+        "learner.varlen", "learner.attn_implementation", "rollout.weight_sync", "rollout.tensor_parallel_size", "rollout.weight_bucket_mib", "rollout.weight_transfer_timeout_s",
         "rollout.weight_transfer_backend",
         "reward_policy.timeout_s",
         "rollout.dtype", "learner.mixed_precision"}

@@ -45,9 +45,10 @@ CASES = {  # what the loss reads across the step: KL's reference (sharded too) a
     # threshold when the micro-batches (2 ranks' or 1's) round it differently; it reads the same step-wide tensors.
     "kl_steer": dict(kl=KLConfig(coef=0.1), weights=TokenWeightConfig(methods=["steer_exp"], scope="batch")),
     # LoRA sharded with its frozen base in each layer's unit; the reference is the base with the adapter off, the
-    # weights out and model/ merged from the gathered A and B, adapter/ written whole by rank 0
-    "lora_kl": dict(kl=KLConfig(coef=0.1), weights=None,
-                    lora=LoraConfig(rank=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])),
+    # weights out and model/ merged from the gathered A and B, adapter/ written whole by rank 0; and varlen packing
+    # (each micro-batch one row of real tokens) through PEFT's and FSDP's wrapped decoder
+    "lora_kl_varlen": dict(kl=KLConfig(coef=0.1), weights=None, varlen=True, share_prompts=False,
+                           lora=LoraConfig(rank=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])),
 }
 
 
@@ -55,7 +56,8 @@ def build(path: str, case: str, reference: str):
     from rl.train.learner import Learner
 
     c = CASES[case]
-    return Learner(path, learner_cfg(lora=c.get("lora")), PolicyLossConfig(), c["kl"], total_steps=4, max_response_tokens=8,
+    more = {k: v for k, v in c.items() if k not in ("kl", "weights")}  # LearnerConfig fields
+    return Learner(path, learner_cfg(**more), PolicyLossConfig(), c["kl"], total_steps=4, max_response_tokens=8,
                    weights=c["weights"], ref_model_path=reference)
 
 

@@ -1,5 +1,5 @@
-"""Shared-prompt packing (rl/core/packing.py): the layout by hand, and on a real (tiny) model the same log-probs, entropies
-and update as the padded layout."""
+"""Packing (rl/core/packing.py), shared-prompt and varlen: the layouts by hand, and on a real (tiny) model the same
+log-probs, entropies and update as the padded layout."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rl.core.batch import Batch
 from rl.config.algorithm import PolicyLossConfig
 from rl.train.learner import Learner
 from rl.config.learner import LearnerConfig, OptimConfig
-from rl.core.packing import pack_shared_prompts
+from rl.core.packing import pack_shared_prompts, pack_varlen
 
 
 def test_rows_with_one_prompt_share_it_and_see_only_their_own_tokens():
@@ -43,6 +43,17 @@ def test_a_pack_stays_within_max_tokens_and_unknown_prompts_share_nothing():
         assert alone.real_tokens == 14
 
 
+def test_varlen_puts_every_row_whole_in_one_row_without_padding():
+    b = Batch.from_sequences([[1, 2, 3], [1, 2, 3], [7, 8]], [[4, 5], [6], [9]], [[0.0, 0.0], [0.0], [0.0]],
+                             [0, 0, 1], pad_token_id=0)
+    p = pack_varlen(b.input_ids, b.attention_mask)
+    assert p.input_ids.tolist() == [[1, 2, 3, 4, 5, 1, 2, 3, 6, 7, 8, 9]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2]]  # restarts: where transformers cuts rows
+    assert p.attention_mask is None
+    assert p.where.tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 8, -1], [9, 10, 11, -1, -1]]
+    assert p.num_tokens == p.real_tokens == 12 and p.padding_frac == 0.0
+
+
 def grouped_batch(seed: int = 0) -> Batch:
     """Two prompts with three responses each (a GRPO step in small), ragged lengths."""
     g = torch.Generator().manual_seed(seed)
@@ -54,18 +65,22 @@ def grouped_batch(seed: int = 0) -> Batch:
     return batch
 
 
-def learner(path: str, share: bool, micro: int = 6) -> Learner:
+def learner(path: str, share: bool, micro: int = 6, **more) -> Learner:
     cfg = LearnerConfig(micro_batch_size=micro, share_prompts=share, entropy_coef=0.01,
-                        optim=OptimConfig(lr=1e-3, grad_clip=0.0), num_threads=1)
+                        optim=OptimConfig(lr=1e-3, grad_clip=0.0), num_threads=1, **more)
     out = Learner(path, cfg, PolicyLossConfig(), None, total_steps=1, max_response_tokens=8)
     out.model.to(torch.float64)
     return out
 
 
-@pytest.mark.parametrize("micro", [6, 2])
-def test_packed_forward_and_update_equal_the_padded_ones(tiny_model_path, micro):
+@pytest.mark.parametrize("layout,micro", [("shared", 6), ("shared", 2), ("varlen sdpa", 6), ("varlen sdpa", 2),
+                                          ("varlen eager", 6)])
+def test_packed_forward_and_update_equal_the_padded_ones(tiny_model_path, layout, micro):
     batch = grouped_batch()
-    packed, padded = learner(tiny_model_path, True, micro), learner(tiny_model_path, False, micro)
+    more = {"varlen": True, "attn_implementation": layout.split()[1]} if layout.startswith("varlen") else {}
+    packed = learner(tiny_model_path, layout == "shared", micro, **more)
+    padded = learner(tiny_model_path, False, micro, attn_implementation=more.get("attn_implementation"))
+    assert packed.model.config._attn_implementation == padded.model.config._attn_implementation
     for a, b in zip(packed.compute_logprobs_and_entropy(batch), padded.compute_logprobs_and_entropy(batch)):
         assert a.abs().sum() > 0
         assert torch.allclose(a, b, atol=1e-10), (a - b).abs().max()
@@ -74,7 +89,8 @@ def test_packed_forward_and_update_equal_the_padded_ones(tiny_model_path, micro)
         step = lrn.optimizer.step
         lrn.optimizer.step = lambda name=name, lrn=lrn, step=step: (
             grads.__setitem__(name, [p.grad.clone() for p in lrn.model.parameters()]), step())
-    ma, mb = packed.update(batch), padded.update(batch)  # the entropy bonus sends a gradient through the head too
+    ma, mb = packed.update(batch), padded.update(batch)
+    assert (ma["padding_frac"] == 0.0) == layout.startswith("varlen") and mb["padding_frac"] > 0  # the entropy bonus sends a gradient through the head too
     # (log-probs and the loss are float32 whatever the model's dtype: the two sum rows in a different order)
     assert ma["loss"] == pytest.approx(mb["loss"], rel=1e-6) and ma["entropy"] == pytest.approx(mb["entropy"], rel=1e-6)
     scale = max(float(g.abs().max()) for g in grads["padded"])

@@ -28,6 +28,8 @@ class OptimConfig:
 # (not reduce_lr_on_plateau, greedy, cosine_with_min_lr, warmup_stable_decay)
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
              "inverse_sqrt")
+# transformers' attention backends (learner.attn_implementation); flash_attention_* need CUDA and the flash-attn wheel
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 DTYPES = ("float32", "bfloat16", "float16")  # learner.dtype
 
 
@@ -66,6 +68,12 @@ class LearnerConfig:
     # read it once (rl/core/packing.py); the values are those of the padded layout, to rounding
     pack_max_tokens: int = field(default=1024, metadata=ANY_ON_RESUME)  # tokens per packed row (attention costs its
     # square); a longer sample packs alone
+    varlen: bool = field(default=False, metadata=ANY_ON_RESUME)  # true: each micro-batch's rows, whole, as one row
+    # with no padding and position_ids restarting per row (rl/core/packing.py pack_varlen); flash attention runs its
+    # varlen kernel, sdpa / eager a block-diagonal mask. Shares no prompt, so needs share_prompts=false; the token
+    # budget then counts real tokens
+    attn_implementation: str | None = field(default=None, metadata=ANY_ON_RESUME)  # transformers' attention backend
+    # for the policy and reference (one of ATTENTION or a hub kernel "org/name"); None: transformers' default (sdpa)
     head_chunk_tokens: int = field(default=1024, metadata=ANY_ON_RESUME)  # rows of logits alive at a time in the
     # fused output layer + log-prob + entropy (rl/core/fused_head.py); memory for the head is O(this x vocab)
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus -coef * H to each token's loss
@@ -90,6 +98,16 @@ class LearnerConfig:
               f"{key}.pack_max_tokens={self.pack_max_tokens}: must be >= 1 (tokens per packed row)")
         check(self.max_tokens_per_micro_batch is None or self.max_tokens_per_micro_batch >= 1,
               f"{key}.max_tokens_per_micro_batch={self.max_tokens_per_micro_batch}: must be >= 1 or null (rows only)")
+        check(not (self.varlen and self.share_prompts),
+              f"{key}.varlen=true reads every row whole (varlen attention cannot share a prompt between rows), but "
+              f"{key}.share_prompts=true; set {key}.share_prompts=false with it")
+        check(not (self.share_prompts and str(self.attn_implementation).startswith("flash_attention")),
+              f"{key}.attn_implementation={self.attn_implementation} takes no [L, L] mask, which shared-prompt "
+              f"packing needs; set {key}.share_prompts=false (and {key}.varlen=true to pack rows for its varlen kernel)")
+        check(self.attn_implementation is None or self.attn_implementation in ATTENTION
+              or "/" in self.attn_implementation,
+              f"{key}.attn_implementation={self.attn_implementation!r}: use one of {', '.join(ATTENTION)}"
+              f"{did_you_mean(self.attn_implementation, ATTENTION)}, a hub kernel (org/name), or null for transformers' default")
         check(self.head_chunk_tokens >= 1, f"{key}.head_chunk_tokens={self.head_chunk_tokens}: must be >= 1")
         check(self.ppo_epochs >= 1 and self.mini_batches >= 1, f"{key}.ppo_epochs and {key}.mini_batches must be >= 1")
         check(self.num_ranks >= 1, f"{key}.num_ranks={self.num_ranks}: must be >= 1")

@@ -9,6 +9,11 @@ gradient of every response that reads them, as they would summed over the n rows
 A pack holds at most `max_tokens` tokens (a longer sample gets a pack of its own), because attention over a packed
 row costs its length squared. Rows without a known prompt length (Batch.prompt_lengths None) share nothing: each is
 its own pack, which is the padded layout with the causal mask written out.
+
+Varlen packing (pack_varlen, learner.varlen) is the other layout: every row of the micro-batch, whole, one after the
+other in a single row with no padding and no mask, only position_ids that restart at 0 for each row. The attention
+backend finds the rows from the positions (transformers: flash attention's varlen kernel takes cu_seqlens from them,
+sdpa / eager / flex build the block-diagonal causal mask), so nothing is padding and no prompt is shared.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from torch import Tensor
 class Packed:
     input_ids: Tensor  # [R, L] long: packed rows, right-padded
     position_ids: Tensor  # [R, L] long: each token's position in its own (unpacked) row
-    attention_mask: Tensor  # [R, 1, L, L] bool: True where query q may attend key k; when no row shares its prompt,
-    # the input's own [B, T] padding mask (the rows are then the input's rows)
+    attention_mask: Tensor | None  # [R, 1, L, L] bool: True where query q may attend key k; when no row shares its
+    # prompt, the input's own [B, T] padding mask (the rows are then the input's rows); None: varlen (pack_varlen)
     where: Tensor  # [B, T] long: flat index (r * L + l) of each unpacked token in the packed rows (-1: padding)
     real_tokens: int  # tokens of input_ids that are not padding
 
@@ -91,3 +96,15 @@ def pack_shared_prompts(input_ids: Tensor, attention_mask: Tensor, prompt_length
     mask = causal & (k >= 0) & ((k == 0) | (k == q))
     mask |= torch.eye(width, dtype=torch.bool) & (q < 0)  # padding attends to itself: no all-masked row (NaN)
     return Packed(out_ids, positions, mask.unsqueeze(1), where, int((segment >= 0).sum()))
+
+
+def pack_varlen(input_ids: Tensor, attention_mask: Tensor) -> Packed:
+    """Right-padded rows [B, T] as one row [1, N] of their N real tokens, row after row, with position_ids
+    0..n_i - 1 for row i and no attention mask (the backend reads the rows' boundaries off the positions)."""
+    lengths = attention_mask.sum(-1)
+    real = torch.arange(input_ids.shape[1]) < lengths.unsqueeze(-1)  # right padding: the first n_i tokens
+    total = int(lengths.sum())
+    where = torch.full(input_ids.shape, -1, dtype=torch.long)
+    where[real] = torch.arange(total)
+    positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)[real]
+    return Packed(input_ids[real].unsqueeze(0), positions.unsqueeze(0), None, where, total)

@@ -26,7 +26,7 @@ from rl.core.fused_head import fused_logprobs_entropy
 from rl.core.loss_terms import TermInputs, build_terms
 from rl.core.rollout_correction import mismatch_sums
 from rl.core.losses import POLICY_LOSSES, aggregate_loss, resolve_agg_mode
-from rl.core.packing import pack_shared_prompts
+from rl.core.packing import pack_shared_prompts, pack_varlen
 from rl.train.distributed import all_max, all_sum, full_tensor, gather_objects, shard, split_rows, world
 
 ENTROPY_PERCENTILES = (10, 50, 90)
@@ -47,7 +47,7 @@ class PolicyForward(torch.nn.Module):
         device = input_ids.device.type
         with torch.autocast(device, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             hidden = self.model.get_decoder()(input_ids=input_ids, position_ids=position_ids,
-                                              attention_mask=attention_mask).last_hidden_state
+                                              attention_mask=attention_mask, use_cache=False).last_hidden_state
         head = self.model.get_output_embeddings()
         return fused_logprobs_entropy(hidden.reshape(-1, hidden.shape[-1])[source], head.weight, head.bias, targets,
                                       self.chunk, with_entropy)
@@ -87,7 +87,8 @@ class Learner:
         base = (ref_model_path or model_path) if cfg.lora is not None else model_path
         # with several ranks the weights stay on the CPU until fully_shard moves each rank's shard to its device
         here = self.device if self.world == 1 else torch.device("cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(here)
+        load = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
+        self.model = AutoModelForCausalLM.from_pretrained(base, **load).to(here)
         if getattr(self.model.config, "final_logit_softcapping", None):
             raise ValueError("models with final_logit_softcapping (e.g. Gemma 2) are not supported by the learner yet")
         if type(self.model.get_output_embeddings()) is not torch.nn.Linear:
@@ -103,7 +104,7 @@ class Learner:
         if kl is not None and cfg.lora is None:  # the reference policy is loaded only when a KL term uses it (with
             # LoRA it is the base: the adapter disabled)
             ref = ref_model_path or model_path  # on resume the policy comes from the checkpoint, the reference not
-            self.ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype).to(here).eval()
+            self.ref_model = AutoModelForCausalLM.from_pretrained(ref, **load).to(here).eval()
             self.ref_model.requires_grad_(False)
         # decoder + fused head as one module: what FSDP's root unit wraps (the head's weight is read directly)
         self.runner = PolicyForward(self.model, self.autocast_dtype, cfg.head_chunk_tokens)
@@ -135,18 +136,23 @@ class Learner:
         The decoder runs under autocast when learner.mixed_precision is set (master weights stay in learner.dtype);
         the output layer runs in learner.dtype, only at positions that predict a response token, fused with the
         log-prob and entropy in chunks of learner.head_chunk_tokens rows (rl/core/fused_head.py: the [tokens, vocab]
-        logits are never built). Rows that share a prompt go through the decoder packed (rl/core/packing.py).
+        logits are never built). Rows that share a prompt go through the decoder packed, or with learner.varlen every
+        row one after the other in one row (rl/core/packing.py).
         """
         ids = mb.input_ids
         rows, cols = torch.nonzero(mb.response_mask[:, 1:] > 0, as_tuple=True)  # position p predicts token p + 1
-        packed = pack_shared_prompts(ids.cpu(), mb.attention_mask.cpu(),
-                                     mb.prompt_lengths.cpu() if self.cfg.share_prompts and mb.prompt_lengths is not None
-                                     else None, self.cfg.pack_max_tokens)
+        if self.cfg.varlen:
+            packed = pack_varlen(ids.cpu(), mb.attention_mask.cpu())
+        else:
+            packed = pack_shared_prompts(ids.cpu(), mb.attention_mask.cpu(), mb.prompt_lengths.cpu()
+                                         if self.cfg.share_prompts and mb.prompt_lengths is not None else None,
+                                         self.cfg.pack_max_tokens)
+        mask = None if packed.attention_mask is None else packed.attention_mask.to(self.device)
         if torch.is_grad_enabled() and count:  # the update's forward: what the decoder read, for the step's metrics
             self._read[0] += packed.num_tokens
             self._read[1] += packed.real_tokens
         token_logp, token_h = runner(packed.input_ids.to(self.device), packed.position_ids.to(self.device),
-                                     packed.attention_mask.to(self.device), packed.where.to(self.device)[rows, cols],
+                                     mask, packed.where.to(self.device)[rows, cols],
                                      ids[rows, cols + 1], with_entropy)
         logp = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
         logp[rows, cols + 1] = token_logp.float()
@@ -196,19 +202,20 @@ class Learner:
 
     def _split(self, order: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         """Consecutive runs of `order`: at most micro_batch_size rows, and, with learner.max_tokens_per_micro_batch,
-        at most that many tokens counted as the micro-batch reads them (rows x its longest row); a row longer than
-        the budget is a micro-batch of its own."""
+        at most that many tokens counted as the micro-batch reads them (rows x its longest row; with learner.varlen
+        the rows' own lengths, as nothing is padding); a row longer than the budget is a micro-batch of its own."""
         size, budget = self.cfg.micro_batch_size, self.cfg.max_tokens_per_micro_batch
         if not len(order):  # this rank's share of the batch is empty (fillers only)
             return []
         if budget is None:
             return list(order.split(size))
-        out, start, longest = [], 0, 0
+        out, start, longest, total = [], 0, 0, 0
         for i, n in enumerate(lengths[order].tolist()):
-            longest = max(longest, n)
-            if i > start and (i - start == size or (i - start + 1) * longest > budget):
+            longest, total = max(longest, n), total + n
+            reads = total if self.cfg.varlen else (i - start + 1) * longest
+            if i > start and (i - start == size or reads > budget):
                 out.append(order[start:i])
-                start, longest = i, n
+                start, longest, total = i, n, n
         return out + [order[start:]] if len(order) else out
 
     @staticmethod
