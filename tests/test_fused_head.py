@@ -61,6 +61,36 @@ def test_bfloat16_layer_matches_the_plain_head_to_bfloat16_rounding():
     assert h.grad.dtype == w.grad.dtype == torch.bfloat16 and w.grad.isfinite().all()
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_matmuls_on_float32_weights_are_the_bf16_logits_head(bias):
+    """learner.head_autocast: float32 masters, the matmuls' inputs in bf16, softmax and entropy in float32. Values
+    equal a plain head fed bf16 logits (to float32 rounding) and differ from the float32 head; the gradients are
+    float32 and within bf16 rounding of the float32 head's."""
+    g = torch.Generator().manual_seed(3)
+    n, hid, vocab = 37, 32, 300
+    h = torch.randn(n, hid, generator=g, requires_grad=True)
+    w = (torch.randn(vocab, hid, generator=g) * 0.3).requires_grad_()
+    b = torch.randn(vocab, generator=g).requires_grad_() if bias else None
+    y = torch.randint(0, vocab, (n,), generator=g)
+    g_logp, g_h = torch.randn(n, generator=g), torch.randn(n, generator=g)
+
+    def bf16_logits(h, w, b, y):
+        z = (h.bfloat16() @ w.bfloat16().t()).float() + (b if b is not None else 0)
+        logp_all = torch.log_softmax(z, -1)
+        return logp_all.gather(-1, y[:, None]).squeeze(-1), -(logp_all.exp() * logp_all).sum(-1)
+
+    fused = _grads(lambda *a: fused_logprobs_entropy(*a, chunk_size=8, matmul_dtype=torch.bfloat16),
+                   h, w, b, y, g_logp, g_h)
+    rounded = _grads(bf16_logits, h, w, b, y, g_logp, g_h)
+    exact = _grads(_plain, h, w, b, y, g_logp, g_h)
+    torch.testing.assert_close(fused[0], rounded[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused[1], rounded[1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fused[0], exact[0], rtol=1e-5, atol=1e-5)  # the option changes the matmul
+    for a, e in zip(fused[2], exact[2]):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, e, rtol=3e-2, atol=3e-2 * e.abs().max().item())
+
+
 def test_without_entropy_the_log_probs_are_the_same():
     g = torch.Generator().manual_seed(2)
     h, w, y = torch.randn(9, 4, generator=g), torch.randn(11, 4, generator=g), torch.randint(0, 11, (9,), generator=g)

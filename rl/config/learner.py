@@ -76,6 +76,9 @@ class LearnerConfig:
     # for the policy and reference (one of ATTENTION or a hub kernel "org/name"); None: transformers' default (sdpa)
     head_chunk_tokens: int = field(default=1024, metadata=ANY_ON_RESUME)  # rows of logits alive at a time in the
     # fused output layer + log-prob + entropy (rl/core/fused_head.py); memory for the head is O(this x vocab)
+    head_autocast: bool = field(default=False, metadata=ANY_ON_RESUME)  # true: the output layer's three matmuls
+    # take learner.mixed_precision's dtype, as autocast gives the decoder (logits rounded to it, as vLLM's are; the
+    # log-softmax, entropy and dW sums stay float32); about 2x faster on native-bf16 hardware. false: learner.dtype
     entropy_coef: float = 0.0  # > 0 adds an entropy bonus -coef * H to each token's loss
     num_threads: int | None = field(default=None, metadata=ANY_ON_RESUME)  # torch CPU threads; None: all cores
     num_cpus: float = field(default=0.5, metadata=ANY_ON_RESUME)  # Ray scheduling

@@ -35,12 +35,15 @@ ENTROPY_PERCENTILES = (10, 50, 90)
 class PolicyForward(torch.nn.Module):
     """Token log-probs (and entropies) of a causal LM at given positions: the decoder, then the output layer fused
     with log-prob and entropy in chunks of `chunk` rows (rl/core/fused_head.py: the [tokens, vocab] logits are never
-    built). The decoder runs under autocast when `autocast_dtype` is set; the head in the weights' dtype. One module,
-    so that FSDP's root unit (the embeddings, final norm and head) is gathered around both."""
+    built). The decoder runs under autocast when `autocast_dtype` is set; the head's matmuls in the weights' dtype,
+    or with `head_autocast` in autocast_dtype too. One module, so that FSDP's root unit (the embeddings, final norm
+    and head) is gathered around both."""
 
-    def __init__(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None, chunk: int):
+    def __init__(self, model: torch.nn.Module, autocast_dtype: torch.dtype | None, chunk: int,
+                 head_autocast: bool = False):
         super().__init__()
         self.model, self.autocast_dtype, self.chunk = model, autocast_dtype, chunk
+        self.head_dtype = autocast_dtype if head_autocast else None
 
     def forward(self, input_ids, position_ids, attention_mask, source, targets, with_entropy: bool):
         """source [N]: the flat decoder positions whose next token is targets [N]."""
@@ -50,7 +53,7 @@ class PolicyForward(torch.nn.Module):
                                               attention_mask=attention_mask, use_cache=False).last_hidden_state
         head = self.model.get_output_embeddings()
         return fused_logprobs_entropy(hidden.reshape(-1, hidden.shape[-1])[source], head.weight, head.bias, targets,
-                                      self.chunk, with_entropy)
+                                      self.chunk, with_entropy, self.head_dtype)
 
 
 class Learner:
@@ -107,9 +110,9 @@ class Learner:
             self.ref_model = AutoModelForCausalLM.from_pretrained(ref, **load).to(here).eval()
             self.ref_model.requires_grad_(False)
         # decoder + fused head as one module: what FSDP's root unit wraps (the head's weight is read directly)
-        self.runner = PolicyForward(self.model, self.autocast_dtype, cfg.head_chunk_tokens)
-        self.ref_runner = PolicyForward(self.ref_model, self.autocast_dtype, cfg.head_chunk_tokens) \
-            if self.ref_model is not None else None
+        self.runner = PolicyForward(self.model, self.autocast_dtype, cfg.head_chunk_tokens, cfg.head_autocast)
+        self.ref_runner = PolicyForward(self.ref_model, self.autocast_dtype, cfg.head_chunk_tokens,
+                                        cfg.head_autocast) if self.ref_model is not None else None
         if self.world > 1:
             for runner in filter(None, (self.runner, self.ref_runner)):
                 shard(runner, runner.model, self.autocast_dtype, cfg.offload)
