@@ -1,8 +1,9 @@
 """The learn phase on CPU at the quickstart's settings: seconds per update, padding, peak memory, per learner layout.
 
 Runs the learner class directly (no Ray, no vLLM) on SmolLM2-135M-Instruct with batches shaped like the quickstart's:
-6 prompts x 8 responses, prompts of the arithmetic set's length under the chat template, responses of 4-96 tokens,
-the quickstart's learner config (float32 masters, learner.mixed_precision=auto, micro-batches of 16 rows). Each arm
+6 prompts x 8 responses, the quickstart's arithmetic prompts under the chat template, responses of a quickstart
+step's lengths (quickstart_batch), the quickstart's learner config (float32 masters, learner.mixed_precision=auto,
+micro-batches of 16 rows). Each arm
 runs in its own process (its peak RSS is its own): one warm-up update, then the median of --updates updates.
 
     .venv/bin/python benchmarks/learner_cpu.py --out benchmarks/results/learner_cpu.md
@@ -34,6 +35,7 @@ ARMS = {
     "token budget 2048": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 2048},
     "token budget 4096": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 4096},
     "rows (micro 16), prompts not shared": {"share_prompts": False},
+    "rows (micro 16), head in bf16": {"head_autocast": True},  # only differs where the compute dtype is bf16
     # true packing: a micro-batch is one row of real tokens (sdpa with the block-diagonal mask on CPU)
     "varlen, budget 1024": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 1024, "share_prompts": False,
                             "varlen": True},
@@ -43,20 +45,28 @@ ARMS = {
 
 
 def quickstart_batch(seed: int, tokenizer):
-    """48 rows: 6 arithmetic prompts (chat template) x 8 responses of 4-96 random tokens, GRPO-like advantages."""
+    """48 rows shaped like a quickstart step's: 6 of the quickstart's own arithmetic problems (data.arithmetic as in
+    recipes/quickstart.yaml, under the chat template) x 8 responses, half of them cut at max_tokens=96 and the rest of
+    20-95 tokens (a quickstart run's steps 1-4: 58% cut, mean length 69-89), GRPO-like advantages. Token ids are
+    random: the cost depends on the lengths only."""
     import torch
 
+    from rl.config.data import ArithmeticConfig
     from rl.core.batch import Batch
+    from rl.data.prompts import arithmetic_problems
 
+    problems = arithmetic_problems(ArithmeticConfig(num_train=4000, num_eval=200, min_ops=1, max_ops=1, max_value=20,
+                                                    operations=["+", "-"]), "train")
     g = torch.Generator().manual_seed(seed)
     prompts, responses, groups = [], [], []
     for i in range(6):
-        a, b = torch.randint(0, 21, (2,), generator=g).tolist()
-        text = tokenizer.apply_chat_template([{"role": "user", "content": f"What is {a} + {b}?"}], tokenize=False,
+        question = problems[int(torch.randint(0, len(problems), (1,), generator=g))]["question"]
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                              add_generation_prompt=True)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         for _ in range(8):
-            n = int(torch.randint(4, 97, (1,), generator=g))
+            cut = bool(torch.rand((), generator=g) < 0.5)
+            n = 96 if cut else int(torch.randint(20, 96, (1,), generator=g))
             prompts.append(ids)
             responses.append(torch.randint(3, len(tokenizer) - 1, (n,), generator=g).tolist())
             groups.append(i)
