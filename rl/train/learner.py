@@ -409,8 +409,12 @@ class Learner:
         if bad:
             raise FloatingPointError(f"the policy has non-finite weights ({bad[:3]}...); not writing a checkpoint")
         path = Path(folder)
+        empty = not self.optimizer.state  # no step taken yet (none, or only skipped ones)
         self._save_model(path)
+        if empty:  # torch's get_optimizer_state_dict made the state with a zero-lr step (step=1, zero moments);
+            self.optimizer.state.clear()  # undone, so the next step is Adam's first, as on one rank
         state = {
+            "optimizer_empty": empty,
             "scheduler": self.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
         }
@@ -450,6 +454,8 @@ class Learner:
             self._load_adapter(Path(folder) / "adapter" / "adapter_model.safetensors")
         state = torch.load(Path(folder) / "learner_state.pt", map_location="cpu", weights_only=True)
         self._load_optimizer(Path(folder), state.get("optimizer"))
+        if state.get("optimizer_empty"):  # (set_optimizer_state_dict, too, steps an empty optimizer to make its state)
+            self.optimizer.state.clear()
         self.scheduler.load_state_dict(state["scheduler"])
         # the config's optimizer settings win over the checkpoint's (they differ only when resume_force=true let a
         # change through): the schedule continues from its step with the configured base lr
