@@ -36,6 +36,7 @@ ARMS = {
     "token budget 4096": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 4096},
     "rows (micro 16), prompts not shared": {"share_prompts": False},
     "rows (micro 16), head in bf16": {"head_autocast": True},  # only differs where the compute dtype is bf16
+    "rows (micro 16), dense mask": {"block_attention": False},  # sdpa over each pack's whole [L, L] mask
     # true packing: a micro-batch is one row of real tokens (sdpa with the block-diagonal mask on CPU)
     "varlen, budget 1024": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 1024, "share_prompts": False,
                             "varlen": True},

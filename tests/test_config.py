@@ -220,7 +220,7 @@ def test_harmless_keys_on_resume_come_from_field_metadata():
         "rollout.eval_sampling", "rollout.num_engines", "rollout.num_cpus_per_engine", "rollout.num_gpus_per_engine",
         "rollout.num_threads", "rollout.gpu_memory_utilization", "rollout.kv_cache_gib", "rollout.max_engine_restarts",
         "learner.num_cpus", "learner.num_gpus", "learner.num_threads", "learner.micro_batch_size",
-        "learner.gradient_checkpointing", "learner.head_chunk_tokens", "learner.head_autocast",
+        "learner.gradient_checkpointing", "learner.head_chunk_tokens", "learner.head_autocast", "learner.block_attention",
         "learner.max_tokens_per_micro_batch",
         "learner.share_prompts", "learner.pack_max_tokens", "learner.num_ranks", "learner.offload",
         "learner.varlen", "learner.attn_implementation", "rollout.weight_sync", "rollout.tensor_parallel_size", "rollout.weight_bucket_mib", "rollout.weight_transfer_timeout_s",

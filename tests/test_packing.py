@@ -10,7 +10,7 @@ from rl.core.batch import Batch
 from rl.config.algorithm import PolicyLossConfig
 from rl.train.learner import Learner
 from rl.config.learner import LearnerConfig, OptimConfig
-from rl.core.packing import pack_shared_prompts, pack_varlen
+from rl.core.packing import pack_shared_prompts, pack_varlen, shared_prompt_attention, shared_prompt_blocks
 
 
 def test_rows_with_one_prompt_share_it_and_see_only_their_own_tokens():
@@ -54,6 +54,42 @@ def test_varlen_puts_every_row_whole_in_one_row_without_padding():
     assert p.num_tokens == p.real_tokens == 12 and p.padding_frac == 0.0
 
 
+def test_block_attention_equals_the_dense_mask_and_skips_padding():
+    """shared_prompt_attention against sdpa over pack_shared_prompts' dense mask: two packs of one prompt (the second
+    because of max_tokens), a prompt of one row, a row that is all prompt (a member with no prompt block), grouped-query
+    heads (4 query heads on 2 key-value heads); zero at padding, and the same gradients."""
+    b = Batch.from_sequences([[1, 2, 3]] * 3 + [[7, 8], [5]], [[4, 5], [6, 7, 9], [8], [9, 9, 9], []],
+                             [[0.0] * 2, [0.0] * 3, [0.0], [0.0] * 3, []], [0, 0, 0, 1, 2], pad_token_id=0)
+    dense = pack_shared_prompts(b.input_ids, b.attention_mask, b.prompt_lengths, max_tokens=8)
+    lazy = pack_shared_prompts(b.input_ids, b.attention_mask, b.prompt_lengths, max_tokens=8, dense_mask=False)
+    assert lazy.attention_mask is None and torch.equal(lazy.segments, dense.segments)
+    assert torch.equal(lazy.input_ids, dense.input_ids) and torch.equal(lazy.where, dense.where)
+    assert dense.segments.tolist() == [[0, 0, 0, 1, 1, 2, 2, 2], [0, 0, 0, 1, -1, -1, -1, -1],
+                                       [0, 0, 1, 1, 1, -1, -1, -1],
+                                       [1, -1, -1, -1, -1, -1, -1, -1]]  # all prompt: packs alone, as a member
+    blocks = shared_prompt_blocks(dense.segments)
+    assert blocks.member_prompt.tolist() == [0, 0, 1, 2, -1]
+    R, L = dense.input_ids.shape
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(R, h, L, 8, generator=g, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense.attention_mask,
+                                                            enable_gqa=True).transpose(1, 2)
+    got = shared_prompt_attention(q, k, v, blocks)
+    real = dense.segments >= 0
+    assert torch.allclose(got[real], want[real], atol=1e-12) and not got[~real].any()
+    w = torch.randn(got.shape, generator=g, dtype=torch.float64) * real[..., None, None]  # padding's output unused
+    grads = [torch.autograd.grad((out * w).sum(), (q, k, v)) for out in (got, want)]
+    for a, c in zip(*grads):
+        assert torch.allclose(a, c, atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the learner's mixed precision: sdpa computes in bf16
+        got, want = (f(*(x.detach().float() for x in (q, k, v))) for f in (
+            lambda *a: shared_prompt_attention(*a, blocks),
+            lambda *a: torch.nn.functional.scaled_dot_product_attention(*a, attn_mask=dense.attention_mask,
+                                                                        enable_gqa=True).transpose(1, 2)))
+    assert got.dtype == want.dtype == torch.bfloat16
+    assert torch.allclose(got[real].float(), want[real].float(), atol=2e-2)
+
+
 def grouped_batch(seed: int = 0) -> Batch:
     """Two prompts with three responses each (a GRPO step in small), ragged lengths."""
     g = torch.Generator().manual_seed(seed)
@@ -73,14 +109,18 @@ def learner(path: str, share: bool, micro: int = 6, **more) -> Learner:
     return out
 
 
-@pytest.mark.parametrize("layout,micro", [("shared", 6), ("shared", 2), ("varlen sdpa", 6), ("varlen sdpa", 2),
+@pytest.mark.parametrize("layout,micro", [("shared blocks", 6), ("shared blocks", 2), ("shared mask", 6),
+                                          ("shared mask", 2), ("varlen sdpa", 6), ("varlen sdpa", 2),
                                           ("varlen eager", 6)])
 def test_packed_forward_and_update_equal_the_padded_ones(tiny_model_path, layout, micro):
     batch = grouped_batch()
-    more = {"varlen": True, "attn_implementation": layout.split()[1]} if layout.startswith("varlen") else {}
-    packed = learner(tiny_model_path, layout == "shared", micro, **more)
+    kind, how = layout.split()
+    more = {"varlen": True, "attn_implementation": how} if kind == "varlen" else {"block_attention": how == "blocks"}
+    packed = learner(tiny_model_path, kind == "shared", micro, **more)
     padded = learner(tiny_model_path, False, micro, attn_implementation=more.get("attn_implementation"))
-    assert packed.model.config._attn_implementation == padded.model.config._attn_implementation
+    # shared blocks: the learner's own attention function (rl/models/attention.py), the others transformers'
+    expected = "rlvr_shared_prompts" if layout == "shared blocks" else padded.model.config._attn_implementation
+    assert packed.model.config._attn_implementation == expected
     for a, b in zip(packed.compute_logprobs_and_entropy(batch), padded.compute_logprobs_and_entropy(batch)):
         assert a.abs().sum() > 0
         assert torch.allclose(a, b, atol=1e-10), (a - b).abs().max()

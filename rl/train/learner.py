@@ -26,7 +26,8 @@ from rl.core.fused_head import fused_logprobs_entropy
 from rl.core.loss_terms import TermInputs, build_terms
 from rl.core.rollout_correction import mismatch_sums
 from rl.core.losses import POLICY_LOSSES, aggregate_loss, resolve_agg_mode
-from rl.core.packing import pack_shared_prompts, pack_varlen
+from rl.core.packing import pack_shared_prompts, pack_varlen, shared_prompt_blocks
+from rl.models.attention import SHARED_PROMPT_ATTENTION
 from rl.train.distributed import all_max, all_sum, full_tensor, gather_objects, shard, split_rows, world
 
 ENTROPY_PERCENTILES = (10, 50, 90)
@@ -45,12 +46,14 @@ class PolicyForward(torch.nn.Module):
         self.model, self.autocast_dtype, self.chunk = model, autocast_dtype, chunk
         self.head_dtype = autocast_dtype if head_autocast else None
 
-    def forward(self, input_ids, position_ids, attention_mask, source, targets, with_entropy: bool):
-        """source [N]: the flat decoder positions whose next token is targets [N]."""
+    def forward(self, input_ids, position_ids, attention_mask, source, targets, with_entropy: bool, blocks=None):
+        """source [N]: the flat decoder positions whose next token is targets [N]; blocks: the shared-prompt packs'
+        blocks, for the block attention (rl/models/attention.py) in place of attention_mask."""
         device = input_ids.device.type
+        extra = {} if blocks is None else {"shared_prompt_blocks": blocks}  # reaches each layer's attention function
         with torch.autocast(device, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             hidden = self.model.get_decoder()(input_ids=input_ids, position_ids=position_ids,
-                                              attention_mask=attention_mask, use_cache=False).last_hidden_state
+                                              attention_mask=attention_mask, use_cache=False, **extra).last_hidden_state
         head = self.model.get_output_embeddings()
         return fused_logprobs_entropy(hidden.reshape(-1, hidden.shape[-1])[source], head.weight, head.bias, targets,
                                       self.chunk, with_entropy, self.head_dtype)
@@ -90,7 +93,10 @@ class Learner:
         base = (ref_model_path or model_path) if cfg.lora is not None else model_path
         # with several ranks the weights stay on the CPU until fully_shard moves each rank's shard to its device
         here = self.device if self.world == 1 else torch.device("cpu")
-        load = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
+        # block attention for shared-prompt packs: sdpa on each block (rl/models/attention.py), plain sdpa elsewhere
+        self.block_attention = cfg.share_prompts and cfg.block_attention and cfg.attn_implementation in (None, "sdpa")
+        attn = SHARED_PROMPT_ATTENTION if self.block_attention else cfg.attn_implementation
+        load = {"dtype": dtype, "attn_implementation": attn}
         self.model = AutoModelForCausalLM.from_pretrained(base, **load).to(here)
         if getattr(self.model.config, "final_logit_softcapping", None):
             raise ValueError("models with final_logit_softcapping (e.g. Gemma 2) are not supported by the learner yet")
@@ -149,14 +155,17 @@ class Learner:
         else:
             packed = pack_shared_prompts(ids.cpu(), mb.attention_mask.cpu(), mb.prompt_lengths.cpu()
                                          if self.cfg.share_prompts and mb.prompt_lengths is not None else None,
-                                         self.cfg.pack_max_tokens)
+                                         self.cfg.pack_max_tokens, dense_mask=not self.block_attention)
         mask = None if packed.attention_mask is None else packed.attention_mask.to(self.device)
+        blocks = None
+        if self.block_attention and packed.segments is not None:
+            blocks = shared_prompt_blocks(packed.segments).to(self.device)
         if torch.is_grad_enabled() and count:  # the update's forward: what the decoder read, for the step's metrics
             self._read[0] += packed.num_tokens
             self._read[1] += packed.real_tokens
         token_logp, token_h = runner(packed.input_ids.to(self.device), packed.position_ids.to(self.device),
                                      mask, packed.where.to(self.device)[rows, cols],
-                                     ids[rows, cols + 1], with_entropy)
+                                     ids[rows, cols + 1], with_entropy, blocks)
         logp = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
         logp[rows, cols + 1] = token_logp.float()
         entropy = None
