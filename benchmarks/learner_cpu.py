@@ -4,7 +4,8 @@ Runs the learner class directly (no Ray, no vLLM) on SmolLM2-135M-Instruct with 
 6 prompts x 8 responses, the quickstart's arithmetic prompts under the chat template, responses of a quickstart
 step's lengths (quickstart_batch), the quickstart's learner config (float32 masters, learner.mixed_precision=auto,
 micro-batches of 16 rows). Each arm
-runs in its own process (its peak RSS is its own): one warm-up update, then the median of --updates updates.
+runs in its own process (its peak RSS is its own; the 2-rank arm in two, a gloo group with a core each, RSS summed):
+one warm-up update, then the median of --updates updates.
 
     .venv/bin/python benchmarks/learner_cpu.py --out benchmarks/results/learner_cpu.md
     # the same arms on an older commit (fields it lacks are left out):
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import resource
+import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +39,9 @@ ARMS = {
     "rows (micro 16), prompts not shared": {"share_prompts": False},
     "rows (micro 16), head in bf16": {"head_autocast": True},  # only differs where the compute dtype is bf16
     "rows (micro 16), dense mask": {"block_attention": False},  # sdpa over each pack's whole [L, L] mask
+    # two FSDP2 ranks (gloo), each with one of the 2 cores and half of each update's rows, as learner.num_ranks=2
+    "rows (micro 16), 2 ranks": {"num_ranks": 2},
+    "rows (micro 16), LoRA rank 16": {"lora": {"rank": 16}},  # peft adapters on every linear layer
     # true packing: a micro-batch is one row of real tokens (sdpa with the block-diagonal mask on CPU)
     "varlen, budget 1024": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 1024, "share_prompts": False,
                             "varlen": True},
@@ -78,12 +83,44 @@ def quickstart_batch(seed: int, tokenizer):
 
 
 def run_arm(repo: Path, arm: str, updates: int) -> dict:
+    """One arm, in this process, or with num_ranks > 1 in that many spawned processes (a gloo group on this host,
+    the cores split between them, as learner.num_ranks gives): rank 0's timings, the ranks' summed peak RSS."""
+    ranks = ARMS[arm].get("num_ranks", 1)
+    if ranks == 1:
+        return _measure(repo, arm, updates)
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as out:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.start_processes(_rank, args=(ranks, port, repo, arm, updates, out), nprocs=ranks, start_method="spawn")
+        results = [json.loads((Path(out) / f"{r}.json").read_text()) for r in range(ranks)]
+    return results[0] | {"peak_rss_gib": sum(r["peak_rss_gib"] for r in results)}
+
+
+def _rank(rank: int, ranks: int, port: int, repo: Path, arm: str, updates: int, out: str) -> None:
+    sys.path.insert(0, str(repo))
+    import torch.distributed as dist
+
+    from rl.train.distributed import init_group
+
+    init_group(rank, ranks, "127.0.0.1", port)
+    result = _measure(repo, arm, updates)
+    (Path(out) / f"{rank}.json").write_text(json.dumps(result))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _measure(repo: Path, arm: str, updates: int) -> dict:
     sys.path.insert(0, str(repo))
     import torch
     from transformers import AutoTokenizer
 
     from rl.config.algorithm import PolicyLossConfig
-    from rl.config.learner import LearnerConfig, OptimConfig
+    from rl.config.learner import LearnerConfig, LoraConfig, OptimConfig
     from rl.models.precision import detect
     from rl.models.resolve import resolve_model_path
     from rl.train.learner import Learner
@@ -91,6 +128,8 @@ def run_arm(repo: Path, arm: str, updates: int) -> dict:
     fields = {f.name for f in dataclasses.fields(LearnerConfig)}
     wanted = ARMS[arm]
     kw = {k: v for k, v in wanted.items() if k in fields}
+    if "lora" in kw:
+        kw["lora"] = LoraConfig(**kw["lora"])
     mixed = detect()[0]
     cfg = LearnerConfig(dtype="float32", mixed_precision=mixed if mixed != "float32" else None,
                         **{"micro_batch_size": 16, **kw}, optim=OptimConfig(lr=2e-5, grad_clip=1.0))
