@@ -120,7 +120,7 @@ def _measure(repo: Path, arm: str, updates: int) -> dict:
     from transformers import AutoTokenizer
 
     from rl.config.algorithm import PolicyLossConfig
-    from rl.config.learner import LearnerConfig, LoraConfig, OptimConfig
+    from rl.config.learner import LearnerConfig, OptimConfig
     from rl.models.precision import detect
     from rl.models.resolve import resolve_model_path
     from rl.train.learner import Learner
@@ -128,7 +128,9 @@ def _measure(repo: Path, arm: str, updates: int) -> dict:
     fields = {f.name for f in dataclasses.fields(LearnerConfig)}
     wanted = ARMS[arm]
     kw = {k: v for k, v in wanted.items() if k in fields}
-    if "lora" in kw:
+    if "lora" in kw:  # (imported here: older commits have no LoraConfig)
+        from rl.config.learner import LoraConfig
+
         kw["lora"] = LoraConfig(**kw["lora"])
     mixed = detect()[0]
     cfg = LearnerConfig(dtype="float32", mixed_precision=mixed if mixed != "float32" else None,
