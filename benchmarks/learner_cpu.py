@@ -38,7 +38,8 @@ ARMS = {
     "token budget 4096": {"micro_batch_size": 48, "max_tokens_per_micro_batch": 4096},
     "rows (micro 16), prompts not shared": {"share_prompts": False},
     "rows (micro 16), head in bf16": {"head_autocast": True},  # only differs where the compute dtype is bf16
-    "rows (micro 16), dense mask": {"block_attention": False},  # sdpa over each pack's whole [L, L] mask
+    # sdpa on each pack's blocks, not over its whole [L, L] mask (the default at e5f6fc5-b393877, off since)
+    "rows (micro 16), block attention": {"block_attention": True},
     # two FSDP2 ranks (gloo), each with one of the 2 cores and half of each update's rows, as learner.num_ranks=2
     "rows (micro 16), 2 ranks": {"num_ranks": 2},
     "rows (micro 16), LoRA rank 16": {"lora": {"rank": 16}},  # peft adapters on every linear layer

@@ -98,3 +98,20 @@ def test_the_recipes_that_fit_pass_and_fp32_masters_cost_what_they_should(tmp_pa
     assert (parts["weights"], parts["gradients"], parts["optimizer"], parts["autocast"], parts["reference"]) == (
         4 * p, 4 * p, 8 * p, 2 * p, 4 * p)
     assert fit_problems(shape, cfg, 24.0) and sum(parts.values()) / GIB > 24
+
+
+def test_block_attention_and_the_bf16_head_are_counted(tmp_path):
+    """learner.block_attention's gathered queries, keys and values (with each row's copy of its prompt's) and
+    learner.head_autocast's bf16 copy of the output layer: the terms the module docstring gives, and only when on."""
+    from rl.models.memory import micro_batch_tokens
+
+    recipe, model = str(ROOT / "recipes" / "grpo_gsm8k.yaml"), "Qwen/Qwen2.5-Math-1.5B"
+    folder, shape = _with_config(tmp_path, model), Shape.from_config(SHAPES[model])
+    on, off, head = (learner_estimate(shape, load_config(recipe, [f"model.path={folder}", *more])) for more in
+                     (["learner.block_attention=true"], [], ["learner.head_autocast=true"]))
+    cfg = load_config(recipe, [f"model.path={folder}"])
+    t, _ = micro_batch_tokens(cfg)
+    blocks = 2 * (2 * t * shape.hidden + 2 * shape.kv * (t + cfg.learner.micro_batch_size * cfg.data.max_prompt_tokens))
+    layers = 2 if cfg.learner.gradient_checkpointing else shape.layers
+    assert on["activations"] - off["activations"] == layers * blocks > 0
+    assert head["head"] - off["head"] == shape.vocab * shape.hidden * 2  # bf16

@@ -68,9 +68,11 @@ class LearnerConfig:
     # read it once (rl/core/packing.py); the values are those of the padded layout, to rounding
     pack_max_tokens: int = field(default=1024, metadata=ANY_ON_RESUME)  # tokens per packed row (attention costs its
     # square); a longer sample packs alone
-    block_attention: bool = field(default=True, metadata=ANY_ON_RESUME)  # with sdpa (attn_implementation null or
-    # sdpa): a pack's attention computed block by block, the prompt's and each member's (rl/core/packing.py
-    # shared_prompt_attention), not over its dense [L, L] mask, most of which is masked out; false: the dense mask
+    block_attention: bool = field(default=False, metadata=ANY_ON_RESUME)  # true, with sdpa (attn_implementation
+    # null or sdpa): a pack's attention computed block by block, the prompt's and each member's (rl/core/packing.py
+    # shared_prompt_attention), not over its dense [L, L] mask, most of which is masked out (0.86x the time of an
+    # update on CPU: benchmarks/results/learner_cpu.md). Off by default until the quickstart's outcome with it has
+    # been compared over several seeds (its one run collapsed into truncated answers; the dense mask's did not)
     varlen: bool = field(default=False, metadata=ANY_ON_RESUME)  # true: each micro-batch's rows, whole, as one row
     # with no padding and position_ids restarting per row (rl/core/packing.py pack_varlen); flash attention runs its
     # varlen kernel, sdpa / eager a block-diagonal mask. Shares no prompt, so needs share_prompts=false; the token

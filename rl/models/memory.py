@@ -14,9 +14,15 @@ compute C bytes a value: 2 under learner.mixed_precision bfloat16/float16, else 
                                             tensors; a = 40h + C (6h + 3 kv + 4I) bytes a token a layer (what the two
                                             fp32 RMSNorms save; casts, q/k/v before and after RoPE, attention
                                             output, o_proj input; gate, up, SiLU and product of the MLP)
+                 + (L, or 2 with checkpointing) x b
+                                            b = C (2 t h + 2 kv (t + m P)) with shared-prompt block attention
+                                            (learner.block_attention, sampling.n > 1): the gathered queries and
+                                            output, keys and values, and each of the m rows' copy of its prompt's
+                                            (P = data.max_prompt_tokens)
     head         c x V x 12 + r x h x 8     the fused head (rl/core/fused_head.py) on the response tokens only: a
                                             chunk of fp32 logits, its softmax and gradient; the hidden states it reads
                                             and their gradient
+                 + V x h x C (head_autocast) the output layer's weight cast to the compute dtype
 
 With learner.num_ranks = n > 1 (FSDP2: rl/train/distributed.py), each rank holds 1/n of the weights, gradients,
 optimizer state and reference, and during compute the units it gathers whole:
@@ -29,7 +35,8 @@ optimizer state and reference, and during compute the units it gathers whole:
 
 with t = tokens of the largest micro-batch: learner.micro_batch_size x (data.max_prompt_tokens +
 rollout.sampling.max_tokens), at most learner.max_tokens_per_micro_batch; r = its response tokens
-(learner.micro_batch_size x rollout.sampling.max_tokens, at most t); c = learner.head_chunk_tokens, at most r.
+(learner.micro_batch_size x rollout.sampling.max_tokens, at most t); c = learner.head_chunk_tokens, at most r;
+m = learner.micro_batch_size.
 Attention is counted without its [s, s] scores (sdpa / flash attention never store them). The sum is the steady
 state from the second update on, when AdamW's moments exist while a backward pass fills the gradients.
 
@@ -148,6 +155,10 @@ def learner_estimate(shape: Shape, cfg) -> dict[str, float]:
         activations = t * (shape.layers * h * d + 2 * per_layer)
     else:
         activations = t * shape.layers * per_layer
+    if (learner.share_prompts and learner.block_attention and learner.attn_implementation in (None, "sdpa")
+            and cfg.rollout.sampling.n > 1):
+        blocks = c * (2 * t * h + 2 * kv * (t + learner.micro_batch_size * cfg.data.max_prompt_tokens))
+        activations += (2 if learner.gradient_checkpointing else shape.layers) * blocks
     n = learner.num_ranks
     kl = cfg.algorithm.kl is not None and lora is None
     parts = {
@@ -159,7 +170,8 @@ def learner_estimate(shape: Shape, cfg) -> dict[str, float]:
         "gathered": 0 if n == 1 else shape.root_parameters() * d * (2 if kl else 1)
         + shape.layer_parameters() * (2 * c + d),
         "activations": activations,
-        "head": min(learner.head_chunk_tokens, r) * shape.vocab * 12 + r * h * 8,
+        "head": min(learner.head_chunk_tokens, r) * shape.vocab * 12 + r * h * 8
+        + (shape.vocab * h * c if learner.head_autocast and mixed and c < d else 0),
     }
     return {k: float(v) for k, v in parts.items()}
 
