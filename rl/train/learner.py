@@ -146,7 +146,9 @@ class Learner:
         the output layer runs in learner.dtype, only at positions that predict a response token, fused with the
         log-prob and entropy in chunks of learner.head_chunk_tokens rows (rl/core/fused_head.py: the [tokens, vocab]
         logits are never built). Rows that share a prompt go through the decoder packed, or with learner.varlen every
-        row one after the other in one row (rl/core/packing.py).
+        row one after the other in one row (rl/core/packing.py); with learner.block_attention the packs' attention is
+        computed block by block (shared_prompt_blocks, passed down to rl/models/attention.py) instead of over the dense
+        mask.
         """
         ids = mb.input_ids
         rows, cols = torch.nonzero(mb.response_mask[:, 1:] > 0, as_tuple=True)  # position p predicts token p + 1
