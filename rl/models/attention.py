@@ -24,7 +24,7 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
                                       **kwargs)
     if dropout:
         raise ValueError(f"{type(module).__name__} has attention dropout {dropout}: shared-prompt attention has none; "
-                         "set learner.share_prompts=false")
+                         "set learner.block_attention=false")
     window = kwargs.get("sliding_window")
     if window is not None and query.shape[2] > window:
         raise ValueError(f"a packed row of {query.shape[2]} tokens is longer than the model's sliding window "
