@@ -120,6 +120,7 @@ def rlvr_overrides(steps: int, prompts: int, dtype: str, output_dir: Path) -> li
         "data.eval=null", "eval_sets={}", f"rollout.sampling.n={GROUP}", f"learner.micro_batch_size={MICRO}",
         f"rollout.dtype={dtype}", f"learner.mixed_precision={'bfloat16' if dtype == 'bfloat16' else 'null'}",
         "learner.dtype=float32", "logging.progress=false", "logging.tensorboard=false",
+        "algorithm.overlong=null",  # the quickstart's soft overlong punishment: TRL's GRPOTrainer has none
     ]
 
 

@@ -46,6 +46,7 @@ def tiny_overrides(model_path: str, output_dir: Path, steps: int = 4) -> list[st
         "data.arithmetic.num_train=40", "data.arithmetic.num_eval=4", "eval_sets={}",
         "rewards=[{name: math_verify}, {fn: 'tests.reward_fixtures:length_parity', weight: 0.5}]",
         "logging.progress=false", "logging.tensorboard=false", "ray.num_cpus=2",
+        "algorithm.overlong=null",  # the quickstart's buffer (32) does not fit 12 tokens; a case may turn it back on
     ]
 
 

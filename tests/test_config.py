@@ -294,6 +294,15 @@ def test_the_old_ways_of_saying_on_and_off_are_refused_by_name(override, message
         load_config(None, [override])
 
 
+def test_an_overlong_buffer_that_does_not_fit_names_both_ways_out():
+    """The quickstart shapes the last 32 of its 96 tokens; a user who cuts max_tokens below that is told both fixes."""
+    assert load_config("recipes/quickstart.yaml").algorithm.overlong.buffer == 32
+    with pytest.raises(ConfigError, match=r"algorithm.overlong.buffer=32 must be in \[0, rollout.sampling.max_tokens=12\): "
+                                          r"lower algorithm.overlong.buffer, or set algorithm.overlong=null"):
+        load_config("recipes/quickstart.yaml", ["rollout.sampling.max_tokens=12"])
+    assert load_config("recipes/quickstart.yaml", ["rollout.sampling.max_tokens=12", "algorithm.overlong=null"])
+
+
 def test_two_rollout_modes_are_refused_together():
     with pytest.raises(ConfigError, match="rollout.adaptive_thinking and rollout.cure cannot be on together"):
         load_config(None, ["rollout.cure={}", "rollout.adaptive_thinking={}"])

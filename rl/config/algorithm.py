@@ -201,7 +201,8 @@ class OverlongConfig:
     def check(self, key: str, max_tokens: int) -> None:
         check(self.buffer > 0 or self.mask_truncated, f"{key} does nothing: set {key}.buffer > 0 (the soft "
               f"punishment) or {key}.mask_truncated=true, or remove {key}")
-        check(0 <= self.buffer < max_tokens, f"{key}.buffer must be in [0, rollout.sampling.max_tokens)")
+        check(0 <= self.buffer < max_tokens, f"{key}.buffer={self.buffer} must be in [0, rollout.sampling.max_tokens="
+              f"{max_tokens}): lower {key}.buffer, or set {key}=null to turn the shaping off")
 
 
 @dataclass
