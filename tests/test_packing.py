@@ -3,6 +3,8 @@ log-probs, entropies and update as the padded layout."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -69,6 +71,7 @@ def test_block_attention_equals_the_dense_mask_and_skips_padding():
                                        [1, -1, -1, -1, -1, -1, -1, -1]]  # all prompt: packs alone, as a member
     blocks = shared_prompt_blocks(dense.segments)
     assert blocks.member_prompt.tolist() == [0, 0, 1, 2, -1]
+    assert blocks.longest_row() == 6  # prompt [1, 2, 3] + response [6, 7, 9]: the span a sliding window must cover
     R, L = dense.input_ids.shape
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(R, h, L, 8, generator=g, dtype=torch.float64, requires_grad=True) for h in (4, 2, 2))
@@ -137,3 +140,48 @@ def test_packed_forward_and_update_equal_the_padded_ones(tiny_model_path, layout
     assert scale > 0
     for a, b in zip(grads["packed"], grads["padded"]):
         assert torch.allclose(a, b, atol=1e-6 * scale, rtol=1e-5)
+
+
+def test_block_attention_builds_no_dense_mask_and_refuses_what_it_cannot_compute(tiny_model_path, monkeypatch):
+    """The learner's block path hands its attention no [L, L] mask (transformers builds none from the 2D mask of
+    ones); a decoder that does not pass the blocks on, or attention terms block attention does not compute (sinks,
+    a soft-cap), are refused rather than run as plain causal attention over the packs."""
+    from transformers import AttentionInterface
+
+    from rl.models import attention
+
+    lrn = learner(tiny_model_path, True, block_attention=True)
+    seen = []
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        seen.append((attention_mask, kwargs.get("shared_prompt_blocks") is not None))
+        return attention._attention(module, query, key, value, attention_mask, **kwargs)
+
+    try:
+        AttentionInterface.register(attention.SHARED_PROMPT_ATTENTION, spy)
+        lrn.compute_logprobs_and_entropy(grouped_batch())
+        assert seen and all(mask is None and has_blocks for mask, has_blocks in seen)
+
+        def drops_the_blocks(module, query, key, value, attention_mask, shared_prompt_blocks=None, **kwargs):
+            return attention._attention(module, query, key, value, attention_mask, **kwargs)
+
+        AttentionInterface.register(attention.SHARED_PROMPT_ATTENTION, drops_the_blocks)
+        with pytest.raises(RuntimeError, match="did not pass shared_prompt_blocks on.*learner.block_attention=false"):
+            lrn.compute_logprobs_and_entropy(grouped_batch())
+    finally:
+        AttentionInterface.register(attention.SHARED_PROMPT_ATTENTION, attention._attention)
+    q = torch.zeros(1, 2, 3, 4)
+    for term in ("s_aux", "softcap"):
+        with pytest.raises(ValueError, match=f"takes {term}, which block attention does not compute"):
+            attention._attention(torch.nn.Linear(1, 1), q, q, q, None, **{term: 1.0})
+
+
+@pytest.mark.parametrize("override, words", [
+    ("learner.share_prompts=false", "learner.share_prompts=false (nothing is packed)"),
+    ("learner.attn_implementation=eager", "learner.attn_implementation=eager"),
+])
+def test_block_attention_is_refused_where_it_would_be_ignored(override, words):
+    from rl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=re.escape(words) + ".*set learner.block_attention=false"):
+        load_config("recipes/quickstart.yaml", ["learner.block_attention=true", override])

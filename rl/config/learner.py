@@ -112,6 +112,12 @@ class LearnerConfig:
         check(not (self.share_prompts and str(self.attn_implementation).startswith("flash_attention")),
               f"{key}.attn_implementation={self.attn_implementation} takes no [L, L] mask, which shared-prompt "
               f"packing needs; set {key}.share_prompts=false (and {key}.varlen=true to pack rows for its varlen kernel)")
+        check(not self.block_attention or (self.share_prompts and self.attn_implementation in (None, "sdpa")),
+              f"{key}.block_attention=true computes shared-prompt packs' attention with sdpa, but "
+              + (f"{key}.share_prompts=false (nothing is packed)" if not self.share_prompts else
+                 f"{key}.attn_implementation={self.attn_implementation}")
+              + f"; set {key}.block_attention=false, or use it with {key}.share_prompts=true and "
+              f"{key}.attn_implementation=null (sdpa)")
         check(self.attn_implementation is None or self.attn_implementation in ATTENTION
               or "/" in self.attn_implementation,
               f"{key}.attn_implementation={self.attn_implementation!r}: use one of {', '.join(ATTENTION)}"

@@ -122,8 +122,18 @@ class SharedPromptBlocks:
     member_index: Tensor  # [M, N] long: flat index of each member's token t (0: padding)
     member_valid: Tensor  # [M, N] bool
 
+    used: bool = False  # set by the attention that read them (rl/models/attention.py)
+
     def to(self, device) -> "SharedPromptBlocks":
-        return SharedPromptBlocks(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
+        return SharedPromptBlocks(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                                    if f.name != "used"))
+
+    def longest_row(self) -> int:
+        """Tokens of the longest sample (its prompt and its own tokens): the span its attention covers."""
+        prompts = self.prompt_valid.sum(-1)
+        prompt = prompts[self.member_prompt.clamp(min=0)] * (self.member_prompt >= 0) if prompts.numel() else 0
+        lengths = torch.cat([prompt + self.member_valid.sum(-1), self.prompt_valid.sum(-1)])
+        return int(lengths.max()) if lengths.numel() else 0
 
 
 def shared_prompt_blocks(segments: Tensor) -> SharedPromptBlocks:
@@ -169,12 +179,17 @@ def shared_prompt_attention(query: Tensor, key: Tensor, value: Tensor, blocks: S
     def gather(index: Tensor) -> list[Tensor]:  # [n, T] -> q, k, v [n, heads, T, D]
         return [x[index].transpose(1, 2) for x in flat]
 
-    attend = torch.nn.functional.scaled_dot_product_attention
+    def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        if q.is_cuda and k.shape[1] != q.shape[1]:  # CUDA's sdpa takes enable_gqa with a mask only in its math kernel
+            k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                                                enable_gqa=not q.is_cuda)
+
     if b.prompt_index.numel():
         q, k, v = gather(b.prompt_index)
         P = b.prompt_index.shape[1]
         mask = torch.ones(P, P, dtype=torch.bool, device=query.device).tril() & b.prompt_valid[:, None, None, :]
-        o = attend(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True).transpose(1, 2)  # [Rp, P, H, D]
+        o = attend(q, k, v, mask).transpose(1, 2)  # [Rp, P, H, D]
         parts.append((b.prompt_index[b.prompt_valid], o[b.prompt_valid]))
     if b.member_index.numel():
         M, N = b.member_index.shape
@@ -186,7 +201,7 @@ def shared_prompt_attention(query: Tensor, key: Tensor, value: Tensor, blocks: S
             k, v = torch.cat([kp, k], dim=2), torch.cat([vp, v], dim=2)
             sees = b.prompt_valid[own] & (b.member_prompt >= 0)[:, None]  # [M, P]
             mask = torch.cat([sees[:, None, None, :].expand(M, 1, N, sees.shape[1]), mask], dim=-1)
-        o = attend(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True).transpose(1, 2)  # [M, N, H, D]
+        o = attend(q, k, v, mask).transpose(1, 2)  # [M, N, H, D]
         parts.append((b.member_index[b.member_valid], o[b.member_valid]))
     # sdpa's dtype (under autocast its compute dtype, which may differ from query's)
     out = query.new_zeros((R * L, H, D), dtype=parts[0][1].dtype if parts else query.dtype)

@@ -155,8 +155,7 @@ def learner_estimate(shape: Shape, cfg) -> dict[str, float]:
         activations = t * (shape.layers * h * d + 2 * per_layer)
     else:
         activations = t * shape.layers * per_layer
-    if (learner.share_prompts and learner.block_attention and learner.attn_implementation in (None, "sdpa")
-            and cfg.rollout.sampling.n > 1):
+    if learner.block_attention and cfg.rollout.sampling.n > 1:  # (with share_prompts and sdpa: LearnerConfig.check)
         blocks = c * (2 * t * h + 2 * kv * (t + learner.micro_batch_size * cfg.data.max_prompt_tokens))
         activations += (2 if learner.gradient_checkpointing else shape.layers) * blocks
     n = learner.num_ranks

@@ -94,7 +94,7 @@ class Learner:
         # with several ranks the weights stay on the CPU until fully_shard moves each rank's shard to its device
         here = self.device if self.world == 1 else torch.device("cpu")
         # block attention for shared-prompt packs: sdpa on each block (rl/models/attention.py), plain sdpa elsewhere
-        self.block_attention = cfg.share_prompts and cfg.block_attention and cfg.attn_implementation in (None, "sdpa")
+        self.block_attention = cfg.block_attention  # with share_prompts and sdpa only (LearnerConfig.check)
         attn = SHARED_PROMPT_ATTENTION if self.block_attention else cfg.attn_implementation
         load = {"dtype": dtype, "attn_implementation": attn}
         self.model = AutoModelForCausalLM.from_pretrained(base, **load).to(here)
@@ -162,12 +162,18 @@ class Learner:
         blocks = None
         if self.block_attention and packed.segments is not None:
             blocks = shared_prompt_blocks(packed.segments).to(self.device)
+            # a 2D mask of ones, not None: transformers then neither reads packs off the restarting positions nor
+            # builds an [R, 1, L, L] mask the blocks make needless (sdpa_mask returns None for an all-ones mask)
+            mask = torch.ones(packed.input_ids.shape, dtype=torch.long, device=self.device)
         if torch.is_grad_enabled() and count:  # the update's forward: what the decoder read, for the step's metrics
             self._read[0] += packed.num_tokens
             self._read[1] += packed.real_tokens
         token_logp, token_h = runner(packed.input_ids.to(self.device), packed.position_ids.to(self.device),
                                      mask, packed.where.to(self.device)[rows, cols],
                                      ids[rows, cols + 1], with_entropy, blocks)
+        if blocks is not None and not blocks.used:  # plain causal attention over a pack would be silently wrong
+            raise RuntimeError(f"{type(self.model).__name__}'s decoder did not pass shared_prompt_blocks on to its "
+                               "attention (it drops forward kwargs): set learner.block_attention=false")
         logp = torch.zeros(ids.shape, dtype=torch.float32, device=self.device)
         logp[rows, cols + 1] = token_logp.float()
         entropy = None
